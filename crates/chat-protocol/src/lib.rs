@@ -1,0 +1,25 @@
+//! What every sock-chat binary agrees on, written once.
+//!
+//! The four servers teach four concurrency models; this crate holds only the parts that are
+//! *not* the lesson, so that every version speaks exactly the same protocol:
+//!
+//! - [`addr`]: the `--addr` forms (`127.0.0.1:8080`, `[::1]:8080`, `localhost:8080`, `:8080`,
+//!   `8080`);
+//! - [`framing`]: bytes in, lines out, with a hard cap on the memory one line may take;
+//! - [`sanitize`]: what a line may contain before anyone else sees it;
+//! - [`message`]: the exact text of every chat line and notice;
+//! - [`cli`]: the command-line limits and their defaults;
+//! - [`startup`]: logging, the descriptor limit, the listening socket, the `listening on` line.
+//!
+//! Everything except [`startup`] is pure and unit-tested next to its code.
+
+pub mod addr;
+pub mod cli;
+pub mod framing;
+pub mod message;
+pub mod sanitize;
+pub mod startup;
+
+pub use addr::parse_addr;
+pub use framing::{Frame, LineFramer};
+pub use sanitize::sanitize;
