@@ -46,7 +46,10 @@ pub fn parse_addr(input: &str) -> Result<SocketAddr, AddrError> {
         return Ok(addr);
     }
     if text.chars().all(|c| c.is_ascii_digit()) {
-        return Ok(SocketAddr::new(DEFAULT_HOST, parse_port(text).map_err(error)?));
+        return Ok(SocketAddr::new(
+            DEFAULT_HOST,
+            parse_port(text).map_err(error)?,
+        ));
     }
     let Some((host, port)) = text.rsplit_once(':') else {
         return Err(error("there is no port"));
@@ -56,7 +59,9 @@ pub fn parse_addr(input: &str) -> Result<SocketAddr, AddrError> {
         return Ok(SocketAddr::new(DEFAULT_HOST, port));
     }
     if host.contains(':') || host.starts_with('[') {
-        return Err(error("an IPv6 host must be written in brackets, like [::1]:8080"));
+        return Err(error(
+            "an IPv6 host must be written in brackets, like [::1]:8080",
+        ));
     }
     let looks_numeric = host.chars().all(|c| c.is_ascii_digit() || c == '.');
     if looks_numeric || !host.chars().all(is_host_name_char) {
@@ -77,7 +82,8 @@ fn parse_port(text: &str) -> Result<u16, &'static str> {
     if !text.chars().all(|c| c.is_ascii_digit()) {
         return Err("the port is not a number");
     }
-    text.parse().map_err(|_| "the port must be between 0 and 65535")
+    text.parse()
+        .map_err(|_| "the port must be between 0 and 65535")
 }
 
 fn is_host_name_char(c: char) -> bool {

@@ -76,7 +76,12 @@ mod tests {
 
     #[test]
     fn default_addresses_parse() {
-        for addr in [V1_ADDR_DEFAULT, V2_ADDR_DEFAULT, V3_ADDR_DEFAULT, V4_ADDR_DEFAULT] {
+        for addr in [
+            V1_ADDR_DEFAULT,
+            V2_ADDR_DEFAULT,
+            V3_ADDR_DEFAULT,
+            V4_ADDR_DEFAULT,
+        ] {
             assert!(addr_arg(addr).is_ok());
         }
     }

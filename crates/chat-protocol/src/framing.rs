@@ -153,7 +153,10 @@ mod tests {
 
     #[test]
     fn one_line_may_span_many_chunks() {
-        assert_eq!(frame_chunks(10, &[b"he", b"ll", b"o\r", b"\n"]), [line("hello")]);
+        assert_eq!(
+            frame_chunks(10, &[b"he", b"ll", b"o\r", b"\n"]),
+            [line("hello")]
+        );
     }
 
     #[test]
@@ -230,10 +233,7 @@ mod tests {
 
     /// Splits `bytes` at the given cut points (taken modulo its length).
     fn split_at_cuts<'a>(bytes: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
-        let mut points: Vec<usize> = cuts
-            .iter()
-            .map(|cut| cut % (bytes.len() + 1))
-            .collect();
+        let mut points: Vec<usize> = cuts.iter().map(|cut| cut % (bytes.len() + 1)).collect();
         points.sort_unstable();
         let mut chunks = Vec::new();
         let mut start = 0;

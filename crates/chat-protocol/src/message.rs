@@ -46,6 +46,11 @@ pub fn left(name: &str, online: usize, reason: Option<&str>) -> String {
     line
 }
 
+/// `* welcome 127.0.0.1:52344, 3 online - type /help for commands`: v4's first line to a client.
+pub fn welcome(name: &str, online: usize) -> String {
+    format!("* welcome {name}, {online} online - type /help for commands")
+}
+
 /// `* server full (1024 clients)`: sent to a connection beyond `--max-clients`, then closed.
 pub fn server_full(max_clients: usize) -> String {
     format!("* server full ({max_clients} clients)")
@@ -76,7 +81,10 @@ mod tests {
 
     #[test]
     fn chat_lines_name_the_sender() {
-        assert_eq!(chat_line("127.0.0.1:52344", "hi"), "127.0.0.1:52344 says: hi");
+        assert_eq!(
+            chat_line("127.0.0.1:52344", "hi"),
+            "127.0.0.1:52344 says: hi"
+        );
         assert_eq!(chat_line("[::1]:52344", "hi"), "[::1]:52344 says: hi");
     }
 
@@ -91,18 +99,36 @@ mod tests {
 
     #[test]
     fn notices_read_as_the_spec_writes_them() {
-        assert_eq!(joined("127.0.0.1:52344", 3), "* 127.0.0.1:52344 joined (3 online)");
+        assert_eq!(
+            joined("127.0.0.1:52344", 3),
+            "* 127.0.0.1:52344 joined (3 online)"
+        );
         assert_eq!(left("alice", 2, None), "* alice left (2 online)");
-        assert_eq!(left("alice", 2, Some("lunch")), "* alice left (2 online): lunch");
+        assert_eq!(
+            left("alice", 2, Some("lunch")),
+            "* alice left (2 online): lunch"
+        );
+        assert_eq!(
+            welcome("127.0.0.1:52344", 3),
+            "* welcome 127.0.0.1:52344, 3 online - type /help for commands"
+        );
         assert_eq!(server_full(1024), "* server full (1024 clients)");
-        assert_eq!(line_too_long(1024), "* error: line too long (max 1024 bytes)");
+        assert_eq!(
+            line_too_long(1024),
+            "* error: line too long (max 1024 bytes)"
+        );
         assert_eq!(TOO_SLOW, "* error: too slow, disconnected");
         assert_eq!(SHUTTING_DOWN, "* server shutting down");
     }
 
     #[test]
     fn every_notice_starts_with_a_star() {
-        for notice in [joined("a", 1), left("a", 0, None), server_full(1), line_too_long(1)] {
+        for notice in [
+            joined("a", 1),
+            left("a", 0, None),
+            server_full(1),
+            line_too_long(1),
+        ] {
             assert!(notice.starts_with("* "), "{notice}");
         }
     }

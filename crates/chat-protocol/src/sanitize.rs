@@ -94,7 +94,10 @@ mod tests {
     #[test]
     fn plain_text_passes_unchanged() {
         assert_eq!(clean(b"hello, world").as_deref(), Some("hello, world"));
-        assert_eq!(clean("h\u{e9}llo \u{1f44b}".as_bytes()).as_deref(), Some("h\u{e9}llo \u{1f44b}"));
+        assert_eq!(
+            clean("h\u{e9}llo \u{1f44b}".as_bytes()).as_deref(),
+            Some("h\u{e9}llo \u{1f44b}")
+        );
     }
 
     #[test]
@@ -116,7 +119,10 @@ mod tests {
 
     #[test]
     fn escape_sequences_are_disarmed() {
-        assert_eq!(clean(b"\x1b[2Jgone\x1b[31m").as_deref(), Some("[2Jgone[31m"));
+        assert_eq!(
+            clean(b"\x1b[2Jgone\x1b[31m").as_deref(),
+            Some("[2Jgone[31m")
+        );
         assert_eq!(clean(b"ring\x07 bell").as_deref(), Some("ring bell"));
         assert_eq!(clean(b"back\x08space\x7f").as_deref(), Some("backspace"));
         assert_eq!(clean("c1\u{9b}31m".as_bytes()).as_deref(), Some("c131m"));
@@ -125,7 +131,10 @@ mod tests {
 
     #[test]
     fn invalid_utf8_becomes_the_replacement_character() {
-        assert_eq!(clean(b"bad \xc3\x28 byte").as_deref(), Some("bad \u{fffd}( byte"));
+        assert_eq!(
+            clean(b"bad \xc3\x28 byte").as_deref(),
+            Some("bad \u{fffd}( byte")
+        );
         assert_eq!(clean(b"\xe2\x82").as_deref(), Some("\u{fffd}"));
     }
 
@@ -134,7 +143,10 @@ mod tests {
         // What telnet sends on connect: IAC DO SUPPRESS-GO-AHEAD, IAC WILL TERMINAL-TYPE, ...
         assert_eq!(clean(b"\xff\xfd\x03\xff\xfb\x18hi").as_deref(), Some("hi"));
         // A subnegotiation with its parameters (window size 80x24).
-        assert_eq!(clean(b"a\xff\xfa\x1f\x00\x50\x00\x18\xff\xf0b").as_deref(), Some("ab"));
+        assert_eq!(
+            clean(b"a\xff\xfa\x1f\x00\x50\x00\x18\xff\xf0b").as_deref(),
+            Some("ab")
+        );
         // Interrupt process, and an escaped 0xFF.
         assert_eq!(clean(b"x\xff\xf4y\xff\xffz").as_deref(), Some("xyz"));
         // A command cut off at the end of the line.
