@@ -44,14 +44,17 @@
 //! now, so the code that is left is the chat: welcome, history, nicknames, commands, rate
 //! limits, idle timeouts and a graceful shutdown.
 
-use std::collections::{HashMap, VecDeque};
+mod rate;
+
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chat_protocol::cli::{addr_arg, AnnounceLimit, ConnectionLimits, QueueLimit, V4_ADDR_DEFAULT};
+use chat_protocol::command::{self, Command};
 use chat_protocol::framing::{Frame, LineFramer};
 use chat_protocol::message::{self, CRLF};
 use chat_protocol::startup;
@@ -61,6 +64,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+
+use crate::rate::TokenBucket;
 
 /// How much one read takes from a client before its lines are relayed. Bounded so that one
 /// sender hands on at most this much per turn, then lets the writers run.
@@ -73,6 +78,16 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How long a shutdown waits for writers to flush `* server shutting down` before exiting;
 /// the spec allows two seconds in all.
 const SHUTDOWN_FLUSH: Duration = Duration::from_millis(1500);
+
+/// Default `--history`: enough recent lines for a newcomer to pick up the thread.
+const HISTORY_DEFAULT: usize = 20;
+
+/// Default `--rate`, lines per second per client: faster than anyone types, slower than a
+/// script that would drown the room.
+const RATE_DEFAULT: u32 = 10;
+
+/// A client over its rate limit hears about it at most this often.
+const SLOW_DOWN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// `v4-async`: the tokio chat room.
 #[derive(Debug, Parser)]
@@ -93,6 +108,18 @@ struct Cli {
 
     #[command(flatten)]
     announce: AnnounceLimit,
+
+    /// Chat lines replayed to each newcomer, oldest first.
+    #[arg(long, value_name = "LINES", default_value_t = HISTORY_DEFAULT)]
+    history: usize,
+
+    /// Lines per second each client may send (bursts of twice that); 0 turns the limit off.
+    #[arg(long, value_name = "LINES_PER_SEC", default_value_t = RATE_DEFAULT)]
+    rate: u32,
+
+    /// Disconnect a client silent for this many seconds; 0 never does.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    idle_timeout: u64,
 }
 
 fn main() {
@@ -190,16 +217,28 @@ async fn serve_client(
 ) {
     let (reader, writer) = socket.into_split();
     let mut writer_task = tokio::spawn(write_loop(Arc::clone(&outbox), writer));
+    let now = Instant::now();
     let mut session = Session {
+        bucket: room
+            .rate
+            .map(|rate| TokenBucket::new(rate, 2.0 * rate, now)),
         room: Arc::clone(&room),
         id,
         name: addr.to_string(),
         outbox,
-        framer: LineFramer::new(room.max_line),
+        relay: String::new(),
+        text: String::new(),
+        warned_slow_at: None,
+        heard_at: now,
+        quit: None,
     };
-    let why = session.read_loop(&reader, &mut writer_task).await;
-    let name = session.name;
-    room.leave(id, &name);
+    let mut framer = LineFramer::new(room.max_line);
+    let why = session
+        .read_loop(&reader, &mut framer, &mut writer_task)
+        .await;
+    let name = &session.name;
+    let reason = session.quit.as_ref().and_then(|reason| reason.as_deref());
+    room.leave(id, name, reason);
     tracing::info!("{name} disconnected ({why})");
     // The writer sends whatever is still queued (the reply to a last line, say), then closes.
     session.outbox.close();
@@ -209,20 +248,43 @@ async fn serve_client(
 struct Session {
     room: Arc<Room>,
     id: ClientId,
-    /// How others see this client: its address.
+    /// How others see this client: its address until `/nick` gives it a name.
     name: String,
     outbox: Arc<Outbox>,
-    framer: LineFramer,
+    /// Chat lines of the current chunk, formatted for the others: relayed as one shared chunk.
+    relay: String,
+    /// Scratch space for one sanitised line, reused so a line costs no allocation.
+    text: String,
+    /// `None` with `--rate 0`.
+    bucket: Option<TokenBucket>,
+    /// When this client was last told to slow down: at most once a second.
+    warned_slow_at: Option<Instant>,
+    /// When this client last sent anything, for `--idle-timeout`.
+    heard_at: Instant,
+    /// Set by `/quit`, with its reason if one was given.
+    quit: Option<Option<String>>,
 }
+
+/// Why a session ended, for the log.
+type Ending = &'static str;
 
 impl Session {
     /// Reads and relays until the client leaves; says why it ended.
     async fn read_loop(
         &mut self,
         reader: &OwnedReadHalf,
+        framer: &mut LineFramer,
         writer_task: &mut JoinHandle<()>,
-    ) -> &'static str {
+    ) -> Ending {
         loop {
+            let idle = async {
+                match self.room.idle_timeout {
+                    Some(timeout) => {
+                        tokio::time::sleep_until((self.heard_at + timeout).into()).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 ready = reader.readable() => {
                     if ready.is_err() {
@@ -231,51 +293,137 @@ impl Session {
                 }
                 // The writer ends only when the client is gone or evicted: stop reading too.
                 _ = &mut *writer_task => return "connection lost",
+                () = idle => {
+                    let secs = self.room.idle_timeout.map_or(0, |t| t.as_secs());
+                    self.reply(&message::idle_timeout(secs));
+                    return "idle";
+                }
             }
-            match self.read_chunk(reader) {
-                Ok(Some(())) => {}
-                Ok(None) => return "end of stream",
+            match self.read_chunk(reader, framer) {
+                Ok(true) => {}
+                Ok(false) => return "end of stream",
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(_) => return "connection reset",
+            }
+            if self.quit.is_some() {
+                return "quit";
             }
             // One chunk per turn: let the writers (and other readers) run before reading more.
             tokio::task::yield_now().await;
         }
     }
 
-    /// Reads one chunk without waiting and relays its lines. `Ok(None)` at end of stream.
+    /// Reads one chunk without waiting and acts on its lines; false at end of stream.
     /// Not `async`: the buffer lives on the stack for this call only, not in every idle task.
-    fn read_chunk(&mut self, reader: &OwnedReadHalf) -> io::Result<Option<()>> {
+    fn read_chunk(&mut self, reader: &OwnedReadHalf, framer: &mut LineFramer) -> io::Result<bool> {
         let mut chunk = [0u8; READ_CHUNK];
         let n = reader.try_read(&mut chunk)?;
-        let mut relay = String::new();
-        let mut replies = String::new();
-        let (name, max_line) = (&self.name, self.framer.max_line());
+        self.heard_at = Instant::now();
+        let max_line = framer.max_line();
         let on_frame = |frame: Frame<'_>| match frame {
-            Frame::Line(raw) => {
-                let start = relay.len();
-                if message::push_chat_line(&mut relay, name, raw) {
-                    tracing::info!("{}", relay[start..].trim_end());
-                }
-            }
-            Frame::TooLong => {
-                replies.push_str(&message::line_too_long(max_line));
-                replies.push_str(CRLF);
-            }
+            Frame::Line(raw) => self.on_line(raw),
+            Frame::TooLong => self.reply(&message::line_too_long(max_line)),
         };
         if n == 0 {
-            self.framer.finish(on_frame);
+            framer.finish(on_frame);
         } else {
-            self.framer.push(&chunk[..n], on_frame);
+            framer.push(&chunk[..n], on_frame);
         }
-        if !relay.is_empty() {
-            self.room
-                .broadcast(Some(self.id), Chunk::from(relay.into_bytes()));
+        self.flush_relay();
+        Ok(n > 0)
+    }
+
+    /// One framed line: sanitise, rate-limit, then chat or command.
+    fn on_line(&mut self, raw: &[u8]) {
+        if self.quit.is_some() {
+            return;
         }
-        if !replies.is_empty() {
-            self.outbox.push(Chunk::from(replies.into_bytes()));
+        let mut text = std::mem::take(&mut self.text);
+        text.clear();
+        if chat_protocol::sanitize::sanitize_into(raw, &mut text) && self.within_rate() {
+            self.act_on(command::parse(&text));
         }
-        Ok((n > 0).then_some(()))
+        self.text = text;
+    }
+
+    /// Takes a token from the bucket; over the limit, warns at most once a second.
+    fn within_rate(&mut self) -> bool {
+        let Some(bucket) = &mut self.bucket else {
+            return true;
+        };
+        let now = Instant::now();
+        if bucket.try_take(now) {
+            return true;
+        }
+        let warned_recently = self
+            .warned_slow_at
+            .is_some_and(|at| now.duration_since(at) < SLOW_DOWN_INTERVAL);
+        if !warned_recently {
+            self.warned_slow_at = Some(now);
+            self.reply(message::SLOW_DOWN);
+        }
+        false
+    }
+
+    fn act_on(&mut self, command: Command<'_>) {
+        match command {
+            Command::Chat(text) => self.queue_relay(&message::chat_line(&self.name, text)),
+            Command::Me(text) => self.queue_relay(&message::action(&self.name, text)),
+            Command::Nick(None) => self.reply(&message::you_are(&self.name)),
+            Command::Nick(Some(new)) => {
+                // Lines already queued went out under the old name; the rename comes after.
+                self.flush_relay();
+                match self.room.rename(self.id, &self.name, new) {
+                    Ok(()) => {
+                        tracing::info!("{}", message::renamed(&self.name, new));
+                        self.name = new.to_owned();
+                    }
+                    Err(refusal) => self.reply(&refusal),
+                }
+            }
+            Command::List => {
+                let list = self.room.list();
+                self.reply(&list);
+            }
+            Command::Pm { to, text } => {
+                self.flush_relay();
+                let line = message::private(&self.name, text);
+                if !self.room.send_private(to, &line) {
+                    self.reply(&message::no_such_user(to));
+                }
+            }
+            Command::Quit(reason) => {
+                self.flush_relay();
+                self.quit = Some(reason.map(str::to_owned));
+            }
+            Command::Help => {
+                for line in message::HELP {
+                    self.reply(line);
+                }
+            }
+            Command::Usage(usage) => self.reply(&message::usage(usage)),
+            Command::Unknown(word) => self.reply(&message::unknown_command(word)),
+        }
+    }
+
+    /// Adds a line for the others to the chunk being built.
+    fn queue_relay(&mut self, line: &str) {
+        tracing::info!("{line}");
+        self.relay.push_str(line);
+        self.relay.push_str(CRLF);
+    }
+
+    /// Relays the lines gathered so far, formatted once and shared by every receiver.
+    fn flush_relay(&mut self) {
+        if !self.relay.is_empty() {
+            let lines = std::mem::take(&mut self.relay);
+            self.room.relay(self.id, lines);
+        }
+    }
+
+    /// A notice for this client only.
+    fn reply(&self, line: &str) {
+        self.outbox.push(Chunk::from(message::wire(line)));
     }
 }
 
@@ -434,25 +582,32 @@ impl Outbox {
     }
 }
 
-/// Identifies a member of the room for as long as it is connected.
+/// Identifies a member of the room for as long as it is connected; increases with each join,
+/// so the members listed in id order are listed in the order they came.
 type ClientId = u64;
 
-/// Everyone connected, and the limits that apply to them.
+/// Everyone connected, what they said lately, and the limits that apply to them.
 #[derive(Debug)]
 struct Room {
-    members: Mutex<Members>,
+    state: Mutex<RoomState>,
     max_clients: usize,
     max_line: usize,
     max_queue: usize,
     announce_limit: usize,
+    history_len: usize,
+    /// Lines per second per client; `None` with `--rate 0`.
+    rate: Option<f64>,
+    idle_timeout: Option<Duration>,
     /// Signalled when the last member leaves, for the shutdown to know it is done.
     emptied: Notify,
 }
 
 #[derive(Debug, Default)]
-struct Members {
-    by_id: HashMap<ClientId, Member>,
+struct RoomState {
+    members: BTreeMap<ClientId, Member>,
     next_id: ClientId,
+    /// The last `--history` chat lines, oldest first, each as relayed (with its CRLF).
+    history: VecDeque<Box<str>>,
 }
 
 #[derive(Debug)]
@@ -465,73 +620,127 @@ struct Member {
 impl Room {
     fn new(cli: &Cli) -> Self {
         Self {
-            members: Mutex::default(),
+            state: Mutex::default(),
             max_clients: cli.connections.max_clients,
             max_line: cli.connections.max_line,
             max_queue: cli.queue.max_queue,
             announce_limit: cli.announce.announce_limit,
+            history_len: cli.history,
+            rate: (cli.rate > 0).then_some(f64::from(cli.rate)),
+            idle_timeout: (cli.idle_timeout > 0).then(|| Duration::from_secs(cli.idle_timeout)),
             emptied: Notify::new(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Members> {
-        self.members
+    fn lock(&self) -> MutexGuard<'_, RoomState> {
+        self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Adds a client, welcomes it and tells the others; `None` if the room is full.
+    /// Adds a client, welcomes it with the recent history and tells the others; `None` if
+    /// the room is full. Under one lock, so no line slips between the history and the live
+    /// stream.
     fn join(&self, addr: SocketAddr, outbox: &Arc<Outbox>) -> Option<ClientId> {
-        let mut members = self.lock();
-        if members.by_id.len() >= self.max_clients {
+        let mut state = self.lock();
+        if state.members.len() >= self.max_clients {
             return None;
         }
-        let id = members.next_id;
-        members.next_id += 1;
-        let online = members.by_id.len() + 1;
+        let id = state.next_id;
+        state.next_id += 1;
+        let online = state.members.len() + 1;
         let name = addr.to_string();
-        outbox.push(Chunk::from(message::wire(&message::welcome(&name, online))));
+        let mut greeting = message::welcome(&name, online);
+        greeting.push_str(CRLF);
+        for line in &state.history {
+            greeting.push_str(line);
+        }
+        outbox.push(Chunk::from(greeting.into_bytes()));
         if online <= self.announce_limit {
             let notice = Chunk::from(message::wire(&message::joined(&name, online)));
-            Self::send_to_all(&members, None, &notice);
+            send_to_all(&state.members, None, &notice);
         }
-        members.by_id.insert(
-            id,
-            Member {
-                name,
-                outbox: Arc::clone(outbox),
-            },
-        );
+        let outbox = Arc::clone(outbox);
+        state.members.insert(id, Member { name, outbox });
         Some(id)
     }
 
-    /// Removes a client and tells the others.
-    fn leave(&self, id: ClientId, name: &str) {
-        let mut members = self.lock();
-        if members.by_id.remove(&id).is_none() {
+    /// Removes a client and tells the others, with the reason it gave to `/quit`.
+    fn leave(&self, id: ClientId, name: &str, reason: Option<&str>) {
+        let mut state = self.lock();
+        if state.members.remove(&id).is_none() {
             return;
         }
-        let online = members.by_id.len();
+        let online = state.members.len();
         if online <= self.announce_limit {
-            let notice = Chunk::from(message::wire(&message::left(name, online, None)));
-            Self::send_to_all(&members, None, &notice);
+            let notice = Chunk::from(message::wire(&message::left(name, online, reason)));
+            send_to_all(&state.members, None, &notice);
         }
         if online == 0 {
             self.emptied.notify_waiters();
         }
     }
 
-    /// Hands `chunk` to every member except `from`, in one pass under the lock, so every
-    /// receiver sees lines in the same order.
-    fn broadcast(&self, from: Option<ClientId>, chunk: Chunk) {
-        Self::send_to_all(&self.lock(), from, &chunk);
+    /// Hands chat lines (one or many, each ending in CRLF) to every member but the sender, in
+    /// one pass under the lock so every receiver sees lines in the same order, and keeps them
+    /// for the history.
+    fn relay(&self, from: ClientId, lines: String) {
+        let mut state = self.lock();
+        if self.history_len > 0 {
+            for line in lines.split_inclusive(CRLF) {
+                if state.history.len() == self.history_len {
+                    state.history.pop_front();
+                }
+                state.history.push_back(line.into());
+            }
+        }
+        send_to_all(&state.members, Some(from), &Chunk::from(lines.into_bytes()));
     }
 
-    fn send_to_all(members: &Members, from: Option<ClientId>, chunk: &Chunk) {
-        for (&id, member) in &members.by_id {
-            if Some(id) != from && member.outbox.push(Arc::clone(chunk)) == Pushed::Evicted {
-                tracing::warn!("{} evicted: its queue is full (too slow)", member.name);
+    /// Gives member `id` the name `new` unless someone else has it in any case; everyone,
+    /// the renamed member included, is told.
+    fn rename(&self, id: ClientId, old: &str, new: &str) -> Result<(), String> {
+        if let Err(why) = command::check_nick(new) {
+            return Err(message::bad_nick(new, why));
+        }
+        if new == old {
+            return Err(message::you_are(old));
+        }
+        let mut state = self.lock();
+        let taken = state
+            .members
+            .iter()
+            .any(|(&other, member)| other != id && member.name.eq_ignore_ascii_case(new));
+        if taken {
+            return Err(message::nick_taken(new));
+        }
+        if let Some(member) = state.members.get_mut(&id) {
+            member.name = new.to_owned();
+        }
+        let notice = Chunk::from(message::wire(&message::renamed(old, new)));
+        send_to_all(&state.members, None, &notice);
+        Ok(())
+    }
+
+    /// `* online (N): ...`, in the order members joined.
+    fn list(&self) -> String {
+        let state = self.lock();
+        message::online_list(state.members.values().map(|member| member.name.as_str()))
+    }
+
+    /// Sends `line` to the member called `to` (any case); false if there is none.
+    fn send_private(&self, to: &str, line: &str) -> bool {
+        let state = self.lock();
+        let target = state
+            .members
+            .values()
+            .find(|member| member.name.eq_ignore_ascii_case(to));
+        match target {
+            Some(member) => {
+                member.outbox.push(Chunk::from(message::wire(line)));
+                true
             }
+            None => false,
         }
     }
 
@@ -542,18 +751,28 @@ impl Room {
         tokio::pin!(emptied);
         emptied.as_mut().enable();
         {
-            let members = self.lock();
-            if members.by_id.is_empty() {
+            let state = self.lock();
+            if state.members.is_empty() {
                 return;
             }
             let goodbye = Chunk::from(message::wire(message::SHUTTING_DOWN));
-            for member in members.by_id.values() {
+            for member in state.members.values() {
                 member.outbox.push(Arc::clone(&goodbye));
                 member.outbox.close();
             }
         }
         if tokio::time::timeout(SHUTDOWN_FLUSH, emptied).await.is_err() {
             tracing::warn!("some clients did not take the goodbye in time");
+        }
+    }
+}
+
+/// Pushes `chunk` to every member except `from`. A push never waits; one that overflows a
+/// queue evicts that member, whose own tasks then clean up.
+fn send_to_all(members: &BTreeMap<ClientId, Member>, from: Option<ClientId>, chunk: &Chunk) {
+    for (&id, member) in members {
+        if Some(id) != from && member.outbox.push(Arc::clone(chunk)) == Pushed::Evicted {
+            tracing::warn!("{} evicted: its queue is full (too slow)", member.name);
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`framing`]: bytes in, lines out, with a hard cap on the memory one line may take;
 //! - [`sanitize`]: what a line may contain before anyone else sees it;
 //! - [`message`]: the exact text of every chat line and notice;
+//! - [`command`]: v4's `/commands` and nickname rules;
 //! - [`cli`]: the command-line limits and their defaults;
 //! - [`startup`]: logging, the descriptor limit, the listening socket, the `listening on` line.
 //!
@@ -15,6 +16,7 @@
 
 pub mod addr;
 pub mod cli;
+pub mod command;
 pub mod framing;
 pub mod message;
 pub mod sanitize;

@@ -7,6 +7,8 @@
 
 use std::fmt::Write as _;
 
+use crate::command::{BadNick, NICK_MAX};
+
 /// Every server line ends with this.
 pub const CRLF: &str = "\r\n";
 
@@ -66,6 +68,92 @@ pub const TOO_SLOW: &str = "* error: too slow, disconnected";
 
 /// Sent to every client when the server is asked to stop.
 pub const SHUTTING_DOWN: &str = "* server shutting down";
+
+/// `* alice is now bob`: everyone, the renamed client included, sees a rename.
+pub fn renamed(old: &str, new: &str) -> String {
+    format!("* {old} is now {new}")
+}
+
+/// `* you are alice`: the answer to `/nick` alone.
+pub fn you_are(name: &str) -> String {
+    format!("* you are {name}")
+}
+
+/// `* online (3): alice, bob, 127.0.0.1:52344`: the answer to `/list`.
+pub fn online_list<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> String {
+    let mut line = format!("* online ({}): ", names.len());
+    for (i, name) in names.enumerate() {
+        if i > 0 {
+            line.push_str(", ");
+        }
+        line.push_str(name);
+    }
+    line
+}
+
+/// `alice (private): psst`: what the target of `/pm` receives.
+pub fn private(sender: &str, text: &str) -> String {
+    format!("{sender} (private): {text}")
+}
+
+/// `* alice waves`: how `/me waves` is relayed.
+pub fn action(name: &str, text: &str) -> String {
+    format!("* {name} {text}")
+}
+
+/// `* error: unknown command /dance (try /help)`.
+pub fn unknown_command(word: &str) -> String {
+    format!("* error: unknown command {word} (try /help)")
+}
+
+/// `* error: usage: /pm NAME TEXT`: a command given without what it needs.
+pub fn usage(usage: &str) -> String {
+    format!("* error: usage: {usage}")
+}
+
+/// `* error: no such user bob`: `/pm` to a name nobody has.
+pub fn no_such_user(name: &str) -> String {
+    format!("* error: no such user {name}")
+}
+
+/// `* error: nickname alice is taken`: someone has it, in some case.
+pub fn nick_taken(name: &str) -> String {
+    format!("* error: nickname {name} is taken")
+}
+
+/// Why `/nick NAME` was refused, as a sentence.
+pub fn bad_nick(name: &str, why: BadNick) -> String {
+    match why {
+        BadNick::Empty => usage(crate::command::NICK_USAGE),
+        BadNick::TooLong => {
+            format!("* error: nickname {name} is too long (at most {NICK_MAX} characters)")
+        }
+        BadNick::BadCharacter(c) => {
+            format!("* error: nickname {name} has {c:?}; use only letters A-Z a-z, digits, _ and -")
+        }
+    }
+}
+
+/// Sent, at most once a second, to a client over its rate limit; its lines are dropped.
+pub const SLOW_DOWN: &str = "* error: slow down";
+
+/// `* error: idle for 300 s, disconnected`: the last line to a client silent too long.
+pub fn idle_timeout(secs: u64) -> String {
+    format!("* error: idle for {secs} s, disconnected")
+}
+
+/// The answer to `/help`, one notice per line.
+pub const HELP: &[&str] = &[
+    "* commands:",
+    "*   /nick NAME     take a nickname (1-16 of A-Z a-z 0-9 _ -)",
+    "*   /nick          show your name",
+    "*   /list          who is online",
+    "*   /pm NAME TEXT  a private message to NAME",
+    "*   /me TEXT       an action: * you TEXT",
+    "*   /quit [TEXT]   leave, with an optional reason",
+    "*   /help          this list",
+    "*   //TEXT         send a line that starts with /",
+];
 
 /// The line plus [`CRLF`], as bytes ready for a socket.
 pub fn wire(line: &str) -> Vec<u8> {
@@ -131,6 +219,29 @@ mod tests {
         ] {
             assert!(notice.starts_with("* "), "{notice}");
         }
+    }
+
+    #[test]
+    fn command_answers_read_as_the_spec_writes_them() {
+        assert_eq!(
+            renamed("127.0.0.1:5", "alice"),
+            "* 127.0.0.1:5 is now alice"
+        );
+        assert_eq!(you_are("alice"), "* you are alice");
+        assert_eq!(
+            online_list(["alice", "bob"].into_iter()),
+            "* online (2): alice, bob"
+        );
+        assert_eq!(private("alice", "psst"), "alice (private): psst");
+        assert_eq!(action("alice", "waves"), "* alice waves");
+        assert_eq!(
+            unknown_command("/dance"),
+            "* error: unknown command /dance (try /help)"
+        );
+        assert_eq!(no_such_user("bob"), "* error: no such user bob");
+        assert_eq!(SLOW_DOWN, "* error: slow down");
+        assert!(bad_nick("a.b", BadNick::BadCharacter('.')).starts_with("* error: "));
+        assert!(HELP.iter().all(|line| line.starts_with("* ")));
     }
 
     #[test]
