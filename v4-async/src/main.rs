@@ -27,12 +27,13 @@
 //! wait is the backpressure: it slows exactly one queue, never the room.
 //!
 //! **Why the queue is bounded.** An unbounded queue turns a client that never reads into a
-//! memory leak. Each outbox holds at most `--max-queue` bytes (default 256 KiB). A push that
-//! would go past it means the writer has been stuck in `write_all` (the kernel would not take
-//! the bytes) while a quarter megabyte piled up: the client is evicted, its writer sends
-//! `* error: too slow, disconnected` if the socket still takes it, and the room carries on.
-//! A reader yields after every chunk it relays, so writers run between reads and a client that
-//! reads as fast as its socket allows never sees its queue fill.
+//! memory leak. Each outbox holds at most `--max-queue` bytes (default 256 KiB) while its
+//! socket refuses bytes: the writer's socket is wrapped so that every `write` the kernel would
+//! not take is noted in the outbox. A push past the limit to such a client evicts it: its
+//! writer sends `* error: too slow, disconnected` if the socket still takes it, and the room
+//! carries on. A client that reads as fast as it can is never evicted: readers yield after
+//! every chunk they relay, so writers run between reads, and a queue past the limit whose
+//! writer simply has not had its turn yet is allowed to stretch (up to four times the limit).
 //!
 //! **What it costs.** Two small tasks and one queue per client: a few hundred bytes while idle
 //! (no buffers are held between messages), versus a whole thread stack in v1. A relayed chunk
@@ -49,17 +50,20 @@ mod rate;
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::Context as _;
 use chat_protocol::cli::{addr_arg, AnnounceLimit, ConnectionLimits, QueueLimit, V4_ADDR_DEFAULT};
 use chat_protocol::command::{self, Command};
 use chat_protocol::framing::{Frame, LineFramer};
 use chat_protocol::message::{self, CRLF};
 use chat_protocol::startup;
 use clap::Parser;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -70,6 +74,10 @@ use crate::rate::TokenBucket;
 /// How much one read takes from a client before its lines are relayed. Bounded so that one
 /// sender hands on at most this much per turn, then lets the writers run.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// How far past `--max-queue` a queue may stretch while its writer has not yet had a turn
+/// to offer the bytes to the kernel. Bounds memory even if a writer were starved.
+const QUEUE_STRETCH: usize = 4;
 
 /// How long the accept loop waits after an `accept` error (out of descriptors, say) before
 /// trying again, instead of spinning on an error that will repeat.
@@ -431,7 +439,11 @@ impl Session {
 type Chunk = Arc<[u8]>;
 
 /// Drains one client's outbox into its socket until the client is gone or evicted.
-async fn write_loop(outbox: Arc<Outbox>, mut socket: OwnedWriteHalf) {
+async fn write_loop(outbox: Arc<Outbox>, socket: OwnedWriteHalf) {
+    let mut socket = WatchedSocket {
+        socket,
+        outbox: Arc::clone(&outbox),
+    };
     loop {
         let batch = match outbox.take_batch() {
             Batch::Bytes(batch) => batch,
@@ -455,15 +467,51 @@ async fn write_loop(outbox: Arc<Outbox>, mut socket: OwnedWriteHalf) {
         outbox.sent(batch.len());
     }
     // Evicted: one attempt to say why, without waiting for a socket that is not being read.
-    let _ = socket.try_write(message::wire(message::TOO_SLOW).as_slice());
+    let _ = socket
+        .socket
+        .try_write(message::wire(message::TOO_SLOW).as_slice());
+}
+
+/// The writer's socket, telling the outbox whether the kernel took the last bytes offered.
+/// That is what "full" means: only a client whose socket refused bytes can be evicted, never
+/// one whose writer simply has not had its turn yet.
+struct WatchedSocket {
+    socket: OwnedWriteHalf,
+    outbox: Arc<Outbox>,
+}
+
+impl AsyncWrite for WatchedSocket {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let written = Pin::new(&mut this.socket).poll_write(cx, bytes);
+        this.outbox
+            .socket_full
+            .store(written.is_pending(), Ordering::Relaxed);
+        written
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.socket).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.socket).poll_shutdown(cx)
+    }
 }
 
 /// One client's bounded outbound queue, shared by every task that sends to it.
 #[derive(Debug)]
 struct Outbox {
     state: Mutex<OutboxState>,
-    /// `--max-queue`: bytes queued or being written beyond which the client is evicted.
+    /// `--max-queue`: bytes queued or being written beyond which a client whose socket refuses
+    /// bytes is evicted.
     limit: usize,
+    /// True while the kernel refuses this client's bytes (its last write would have blocked).
+    socket_full: AtomicBool,
     /// Wakes the writer: something was queued, or the outbox was closed.
     ready: Notify,
     /// Wakes a writer stuck in `write_all`: the client was evicted.
@@ -511,6 +559,7 @@ impl Outbox {
         Self {
             state: Mutex::default(),
             limit,
+            socket_full: AtomicBool::new(false),
             ready: Notify::new(),
             evicted: Notify::new(),
         }
@@ -524,12 +573,18 @@ impl Outbox {
     }
 
     /// Queues `chunk`, or evicts the client if its queue is full. Never waits.
+    ///
+    /// Full means past `--max-queue` while the socket refuses bytes: the client is not reading.
+    /// Past the limit while the writer has merely not run yet (a burst from many senders in one
+    /// turn), the queue may stretch, up to [`QUEUE_STRETCH`] times the limit.
     fn push(&self, chunk: Chunk) -> Pushed {
         let mut state = self.lock();
         if state.closing != Closing::Open {
             return Pushed::Refused;
         }
-        if state.bytes + chunk.len() > self.limit {
+        let queued = state.bytes + chunk.len();
+        let full = queued > self.limit && self.socket_full.load(Ordering::Relaxed);
+        if full || queued > self.limit * QUEUE_STRETCH {
             state.closing = Closing::Evicted;
             state.chunks = VecDeque::new();
             drop(state);
