@@ -4,6 +4,9 @@
 //! Each scenario is a function taking the [`Server`] to run against; [`echo_tests!`] turns them
 //! into one `#[test]` per server, in a module named after it (`cargo test --test echo v1::`).
 
+use std::io::{ErrorKind, Write};
+use std::thread;
+
 use sock_chat_tests::{Client, Server};
 
 /// The chat line the server sends back when `client` says `text`.
@@ -102,3 +105,42 @@ macro_rules! echo_tests {
 }
 
 echo_tests!(v1, Server::V1Threads);
+echo_tests!(v2, Server::V2Select);
+
+/// v2 only: its echo goes through a bounded outbox (`--max-queue`), as v3's relay does, so a
+/// client that sends without reading its echoes is disconnected and the loop never waits for
+/// it. (In v1 a blocking write stalls only that client's own thread: that is v1's lesson.)
+#[test]
+fn v2_drops_a_client_that_never_reads_its_echoes_and_serves_the_others() {
+    // Over ten times what the socket buffers of one connection hold on loopback (a few MB).
+    const GIVE_UP_AFTER_BYTES: usize = 64 << 20;
+    let server = Server::V2Select.start(&["--max-queue", "4096"]);
+    let flooder = server.connect();
+    let mut writer = flooder.stream().try_clone().expect("clone stream");
+    let flooding = thread::spawn(move || {
+        let chunk = "nobody reads my echoes\n".repeat(1000);
+        let mut sent = 0;
+        while sent < GIVE_UP_AFTER_BYTES {
+            match writer.write_all(chunk.as_bytes()) {
+                Ok(()) => sent += chunk.len(),
+                // The server closed the socket with our lines unread: the kernel resets it.
+                Err(e)
+                    if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) =>
+                {
+                    return true
+                }
+                Err(e) => panic!("sending failed with {e} instead of a disconnect"),
+            }
+        }
+        false
+    });
+    let mut alice = server.connect();
+    alice.send_line("am I served?");
+    alice.expect_line(&said(&alice, "am I served?"));
+    assert!(
+        flooding.join().expect("flooding thread"),
+        "a client that never read its echoes was still connected after {GIVE_UP_AFTER_BYTES} bytes"
+    );
+    alice.send_line("and now?");
+    alice.expect_line(&said(&alice, "and now?"));
+}

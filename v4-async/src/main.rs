@@ -33,7 +33,7 @@
 //! writer sends `* error: too slow, disconnected` if the socket still takes it, and the room
 //! carries on. A client that reads as fast as it can is never evicted: readers yield after
 //! every chunk they relay, so writers run between reads, and a queue past the limit whose
-//! writer simply has not had its turn yet is allowed to stretch (up to four times the limit).
+//! writer simply has not had its turn yet is allowed to stretch (to four times the limit).
 //!
 //! **What it costs.** Two small tasks and one queue per client: a few hundred bytes while idle
 //! (no buffers are held between messages), versus a whole thread stack in v1. A relayed chunk
@@ -76,8 +76,16 @@ use crate::rate::TokenBucket;
 const READ_CHUNK: usize = 16 * 1024;
 
 /// How far past `--max-queue` a queue may stretch while its writer has not yet had a turn
-/// to offer the bytes to the kernel. Bounds memory even if a writer were starved.
-const QUEUE_STRETCH: usize = 4;
+/// to offer the bytes to the kernel: four times the limit, and at least a megabyte more than
+/// it (a few senders' formatted chunks, even with a tiny `--max-queue`). Bounds memory even if
+/// a writer were starved.
+fn stretched(limit: usize) -> usize {
+    const FACTOR: usize = 4;
+    const AT_LEAST: usize = 1024 * 1024;
+    limit
+        .saturating_mul(FACTOR)
+        .max(limit.saturating_add(AT_LEAST))
+}
 
 /// How long the accept loop waits after an `accept` error (out of descriptors, say) before
 /// trying again, instead of spinning on an error that will repeat.
@@ -576,7 +584,7 @@ impl Outbox {
     ///
     /// Full means past `--max-queue` while the socket refuses bytes: the client is not reading.
     /// Past the limit while the writer has merely not run yet (a burst from many senders in one
-    /// turn), the queue may stretch, up to [`QUEUE_STRETCH`] times the limit.
+    /// turn), the queue may stretch, up to [`stretched`] bytes.
     fn push(&self, chunk: Chunk) -> Pushed {
         let mut state = self.lock();
         if state.closing != Closing::Open {
@@ -584,7 +592,7 @@ impl Outbox {
         }
         let queued = state.bytes + chunk.len();
         let full = queued > self.limit && self.socket_full.load(Ordering::Relaxed);
-        if full || queued > self.limit * QUEUE_STRETCH {
+        if full || queued > stretched(self.limit) {
             state.closing = Closing::Evicted;
             state.chunks = VecDeque::new();
             drop(state);
