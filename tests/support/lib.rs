@@ -399,7 +399,11 @@ impl Conversation {
 ///
 /// ```ignore
 /// server_tests! {
-///     overlong_line_gets_error: [v1_threads, v2_select, v3_broadcast, v4_async];
+///     [v1_threads, v2_select, v3_broadcast, v4_async] => {
+///         overlong_line_gets_error,
+///         empty_lines_are_ignored,
+///     }
+///     [v3_broadcast, v4_async] => { joins_are_announced }
 /// }
 /// ```
 ///
@@ -407,17 +411,18 @@ impl Conversation {
 /// behaviour against every version, `cargo test v2_select` every behaviour against one.
 #[macro_export]
 macro_rules! server_tests {
-    ($($body:ident: [$($server:ident),* $(,)?];)*) => {
-        $(
-            mod $body {
-                $(
-                    #[test]
-                    fn $server() {
-                        super::$body($crate::server_named!($server));
-                    }
-                )*
-            }
-        )*
+    ($($servers:tt => { $($body:ident),* $(,)? })*) => {
+        $($($crate::server_tests!(@body $body $servers);)*)*
+    };
+    (@body $body:ident [$($server:ident),* $(,)?]) => {
+        mod $body {
+            $(
+                #[test]
+                fn $server() {
+                    super::$body($crate::server_named!($server));
+                }
+            )*
+        }
     };
 }
 
