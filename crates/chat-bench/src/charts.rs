@@ -1,0 +1,189 @@
+//! The charts to project in class, as SVG: plotters' SVG backend writes text as `<text>`
+//! elements, so no font files are needed to draw them, and any browser shows them.
+
+use std::path::Path;
+
+use anyhow::anyhow;
+use plotters::prelude::*;
+
+use crate::compare::{Kind, VERSIONS};
+use crate::report::Results;
+
+const SIZE: (u32, u32) = (900, 520);
+const FONT: &str = "sans-serif";
+const COLORS: [RGBColor; 4] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xd6, 0x27, 0x28),
+];
+
+/// Draws `throughput.svg`, `latency-paced.svg` and `latency-burst.svg` into `dir`.
+pub fn draw_all(dir: &Path, results: &Results) -> anyhow::Result<()> {
+    throughput(&dir.join("throughput.svg"), results)?;
+    latency(
+        &dir.join("latency-paced.svg"),
+        results,
+        Kind::Paced,
+        "Latency a chatting person feels (paced chat)",
+    )?;
+    latency(
+        &dir.join("latency-burst.svg"),
+        results,
+        Kind::Burst,
+        "Latency under a burst",
+    )
+}
+
+fn plot_error<E: std::fmt::Display>(path: &Path) -> impl Fn(E) -> anyhow::Error + '_ {
+    move |error| anyhow!("cannot draw {}: {error}", path.display())
+}
+
+/// Deliveries per second of each version, one bar per burst workload.
+fn throughput(path: &Path, results: &Results) -> anyhow::Result<()> {
+    let kinds = [Kind::Burst, Kind::Scale];
+    let value = |version: &str, kind| {
+        results
+            .summary(version, kind)
+            .and_then(|s| s.deliveries_per_s)
+            .map(|rate| rate / 1e6)
+    };
+    let highest = VERSIONS
+        .iter()
+        .flat_map(|v| kinds.map(|k| value(v.name, k)))
+        .flatten()
+        .fold(0.0, f64::max);
+    let err = plot_error(path);
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(&err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Deliveries per second (higher is better)", (FONT, 24))
+        .margin(20)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.5f64..3.5f64, 0f64..(highest * 1.15).max(0.1))
+        .map_err(&err)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(VERSIONS.len())
+        .x_label_formatter(&|x| {
+            VERSIONS
+                .get(x.round() as usize)
+                .map_or(String::new(), |v| v.name.to_owned())
+        })
+        .y_desc("million deliveries/s")
+        .label_style((FONT, 16))
+        .draw()
+        .map_err(&err)?;
+
+    let width = 0.8 / kinds.len() as f64;
+    for (k, kind) in kinds.into_iter().enumerate() {
+        let color = COLORS[k];
+        let clients = results.plan(kind).map_or(0, |p| p.clients);
+        let bars: Vec<(f64, f64)> = VERSIONS
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| Some((i as f64 - 0.4 + k as f64 * width, value(v.name, kind)?)))
+            .collect();
+        chart
+            .draw_series(bars.iter().map(|&(left, height)| {
+                Rectangle::new([(left, 0.0), (left + width * 0.95, height)], color.filled())
+            }))
+            .map_err(&err)?
+            .label(format!("burst, {clients} clients"))
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled()));
+        chart
+            .draw_series(bars.iter().map(|&(left, height)| {
+                Text::new(
+                    format!("{height:.2}"),
+                    (left + width * 0.1, height + highest * 0.05),
+                    (FONT, 14),
+                )
+            }))
+            .map_err(&err)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font((FONT, 16))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(&err)?;
+    root.present().map_err(&err)
+}
+
+/// Percentile curves (p50 to max) of each version in one workload, on a log scale.
+fn latency(path: &Path, results: &Results, kind: Kind, title: &str) -> anyhow::Result<()> {
+    const PERCENTILES: [&str; 5] = ["p50", "p90", "p99", "p99.9", "max"];
+    let curves: Vec<(usize, Vec<f64>)> = VERSIONS
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| {
+            let s = results.summary(v.name, kind)?;
+            let points = [
+                s.latency_p50_us?,
+                s.latency_p90_us?,
+                s.latency_p99_us?,
+                s.latency_p999_us?,
+                s.latency_max_us?,
+            ];
+            Some((i, points.iter().map(|&us| us.max(1) as f64 / 1e3).collect()))
+        })
+        .collect();
+    let all = curves.iter().flat_map(|(_, c)| c.iter().copied());
+    let lowest = all.clone().fold(f64::INFINITY, f64::min).min(1.0);
+    let highest = all.fold(0.0, f64::max).max(lowest * 10.0);
+    let clients = results.plan(kind).map_or(0, |p| p.clients);
+
+    let err = plot_error(path);
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(&err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{title}, {clients} clients"), (FONT, 24))
+        .margin(20)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(-0.2f64..4.2f64, (lowest / 2.0..highest * 2.0).log_scale())
+        .map_err(&err)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(PERCENTILES.len())
+        .x_label_formatter(&|x| {
+            PERCENTILES
+                .get(x.round() as usize)
+                .map_or(String::new(), |p| (*p).to_owned())
+        })
+        .y_desc("latency, ms (log scale; lower is better)")
+        .y_label_formatter(&|ms| format!("{ms}"))
+        .label_style((FONT, 16))
+        .draw()
+        .map_err(&err)?;
+    for (i, curve) in &curves {
+        let color = COLORS[*i % COLORS.len()];
+        let points: Vec<(f64, f64)> = curve
+            .iter()
+            .enumerate()
+            .map(|(x, &y)| (x as f64, y))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(3)))
+            .map_err(&err)?
+            .label(VERSIONS[*i].name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(3)));
+        chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
+            .map_err(&err)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font((FONT, 16))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(&err)?;
+    root.present().map_err(&err)
+}

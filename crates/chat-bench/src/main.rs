@@ -1,0 +1,247 @@
+//! # chat-bench: the four servers side by side, measured
+//!
+//! ```text
+//! cargo build --release --workspace
+//! target/release/chat-bench compare            # about a minute; --quick: about 15 s
+//! target/release/chat-bench run --addr 127.0.0.1:8080 --mode broadcast \
+//!     --clients 100 --senders 10 --messages 20000     # any running line-based chat server
+//! ```
+//!
+//! `compare` starts each server itself (port 0, `RUST_LOG=warn`), drives real TCP clients at
+//! it, and writes `bench-results/<time>/`: `results.md` (the README's table with numbers),
+//! `results.json` (every run) and SVG charts. `run` measures one workload against a server
+//! that is already running, ours or anyone's (`--hello` for one that asks for a name first).
+//!
+//! ## What it measures
+//!
+//! - **Deliveries per second**: a line received by one client is one delivery; a line sent
+//!   into a room of N clients makes N-1 deliveries, an echo makes one, back to its sender (v1
+//!   and v2; in `compare`'s bursts every client of an echo server sends, so that every
+//!   connection is busy, as every receiver in a room is). The clock runs from the first line
+//!   sent to the last expected line received.
+//! - **Latency**: every line carries a token with its send time (see [`token`]); receivers
+//!   record now minus that time in HDR histograms, one per client, merged at the end.
+//! - **The server's cost**, read from `/proc/PID` (see [`procfs`]): CPU seconds while the clock
+//!   ran (and so CPU per delivery), peak RSS, threads, resident memory per connected client.
+//! - **Connection storm**: the time from the first `connect` until every client is proven in.
+//!
+//! ## Why the numbers can be trusted
+//!
+//! - **Nothing is assumed delivered.** Every (sender, receiver) pair has a ledger: lost,
+//!   duplicated, out-of-order and unexpected lines are counted, and any of them, a
+//!   disconnection or a stall prints a loud warning; throughput counts distinct lines only.
+//! - **Everyone is in before the clock starts.** A probe line must reach every client (a room
+//!   relays client 0's probe to all others; an echo server returns each client's own), so
+//!   slow accepts and join notices are over before the first measured line.
+//! - **No coordinated omission.** The paced workload is open-loop: each line has a send time
+//!   fixed in advance and its latency is measured from that time, so a stall shows as latency
+//!   for every line it delayed. The pacer's own lateness is reported beside it.
+//! - **Burst latency measures the server, not the kernel.** Burst senders keep at most
+//!   `--window` lines ahead of a receiver, so lines wait in the server's queues, not in
+//!   megabytes of socket buffer (without a window, latency is the whole run's length). Under a
+//!   burst, latency is what is in flight divided by the rate (Little's law); the default
+//!   window keeps at most 500 000 deliveries in flight, and p99 against p50 shows how evenly
+//!   the server serves its clients.
+//! - **The generator is as cheap as it can be made**, and says what it costs. A multi-thread
+//!   tokio runtime, one 64 KiB buffer per client, `memchr` from token to token, word-at-a-time
+//!   hex parsing, equal latencies recorded as one histogram entry, no allocation and one clock
+//!   read per `read` call, counters touched only by their own task; senders write 64 lines per
+//!   system call. It spends about 40 ns of CPU per delivery, kernel included, so on a 2-core
+//!   machine that it shares with the server it tops out around 25-30 M deliveries/s: a server
+//!   measured near that is held back by the machine, and its CPU per delivery shows how much
+//!   headroom it has.
+//! - **Each run gets a fresh server**, so its peak RSS is that run's, and repeats interleave the
+//!   versions, so a noisy moment on a shared machine does not hit one version only.
+//! - `RLIMIT_NOFILE` is raised to the hard limit, and a run that needs more descriptors than
+//!   that says so before it starts.
+//!
+//! ## What it cannot tell apart
+//!
+//! Server and generator share one machine. On loopback the kernel does a packet's receiving
+//! work in the sender's system call, so a server's CPU per delivery includes part of its
+//! clients' TCP work (and the generator's includes the server's ACKs). And a paced line's
+//! latency includes how late the pacer's thread woke up, which on a small virtual machine can
+//! reach a millisecond: the pacer's lateness is reported next to every paced result.
+
+mod charts;
+mod compare;
+mod load;
+mod procfs;
+mod progress;
+mod report;
+mod tally;
+mod token;
+
+use std::net::SocketAddr;
+
+use anyhow::{bail, Context as _};
+use chat_protocol::cli::addr_arg;
+use clap::{Parser, Subcommand};
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+
+use crate::load::{Mode, Target, Workload};
+use crate::procfs::Process;
+use crate::progress::Progress;
+
+/// Descriptors chat-bench needs beyond one per client: stdio, the runtime, the pacer's
+/// duplicates, the server's pipes.
+const SPARE_DESCRIPTORS: u64 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Measures sock-chat's four servers side by side, or any line-based chat server."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+
+    /// Threads of chat-bench's own runtime (default: one per CPU).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start each server (release builds beside this binary), run every workload, and write
+    /// bench-results/<time>/ with results.md, results.json and SVG charts.
+    Compare(compare::Args),
+    /// Run one workload against a server that is already running.
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The server: HOST:PORT, [IPv6]:PORT, :PORT or PORT.
+    #[arg(long, value_parser = addr_arg)]
+    addr: SocketAddr,
+
+    /// broadcast: a room, every other client receives each line; echo: only the sender does.
+    #[arg(long, value_enum, default_value = "broadcast")]
+    mode: Mode,
+
+    /// A line each client sends right after connecting, for servers that ask a name first;
+    /// "{i}" in it becomes the client's index (--hello "/nick bench{i}").
+    #[arg(long, value_name = "LINE")]
+    hello: Option<String>,
+
+    /// The server's process id, to report its CPU, memory and threads.
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<i32>,
+
+    /// Clients connected at once.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    clients: usize,
+
+    /// How many of the clients send.
+    #[arg(long, value_name = "S", default_value_t = 10)]
+    senders: usize,
+
+    /// Lines each sender sends (0: only connect, to measure accepting and idle memory).
+    #[arg(long, value_name = "M", default_value_t = 1000)]
+    messages: u32,
+
+    /// Lines per second per sender, sent on a fixed schedule; 0: as fast as possible.
+    #[arg(long, value_name = "R", default_value_t = 0.0)]
+    rate: f64,
+
+    /// As fast as possible means at most this many lines ahead of what a receiver has seen
+    /// (default: 500 lines, fewer in big rooms so that all senders together have at most
+    /// 500 000 deliveries in flight; 0: no limit but TCP's).
+    #[arg(long, value_name = "LINES")]
+    window: Option<u32>,
+
+    /// Print the measurements as JSON on stdout instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match run_cli(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run_cli(cli: Cli) -> anyhow::Result<i32> {
+    let descriptors = raise_fd_limit();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = cli.threads {
+        runtime.worker_threads(threads.max(1));
+    }
+    let runtime = runtime
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    match cli.command {
+        Command::Compare(args) => {
+            runtime.block_on(compare::compare(args, descriptors))?;
+            Ok(0)
+        }
+        Command::Run(args) => runtime.block_on(run(args, descriptors)),
+    }
+}
+
+/// `chat-bench run`: exit status 0 if every line arrived once and in order, 2 if not.
+async fn run(args: RunArgs, descriptors: u64) -> anyhow::Result<i32> {
+    check_descriptors(args.clients, descriptors)?;
+    let workload = Workload {
+        mode: args.mode,
+        clients: args.clients,
+        senders: args.senders,
+        messages: args.messages,
+        rate: (args.rate > 0.0).then_some(args.rate),
+        window: args
+            .window
+            .unwrap_or_else(|| load::default_window(args.mode, args.clients, args.senders)),
+        hello: args.hello,
+        settle: std::time::Duration::ZERO,
+    };
+    let target = Target {
+        addr: args.addr,
+        process: args.server_pid.map(|pid| Process { pid }),
+    };
+    let progress = Progress::new(None);
+    progress.start_run(format!("chat-bench run against {}", args.addr));
+    let (report, connections) = load::run(workload, target, &progress).await?;
+    progress.finish();
+    drop(connections);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report::run_summary(&report));
+    }
+    if report.has_errors() {
+        eprintln!("{}", report::error_banner(&report));
+        return Ok(2);
+    }
+    Ok(0)
+}
+
+/// Raises the soft descriptor limit to the hard one and returns the limit in force.
+fn raise_fd_limit() -> u64 {
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(_) => soft,
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 1024,
+    }
+}
+
+/// Refuses a run that would run out of descriptors halfway through connecting.
+fn check_descriptors(clients: usize, limit: u64) -> anyhow::Result<()> {
+    let needed = clients as u64 + SPARE_DESCRIPTORS;
+    if needed > limit {
+        bail!(
+            "{clients} clients need about {needed} open files, but this process may open {limit}: \
+             raise the limit (ulimit -n) or use fewer clients"
+        );
+    }
+    Ok(())
+}
