@@ -58,16 +58,21 @@ impl Server {
         Running::start(self, &all)
     }
 
-    /// Runs this server with `args` expecting it to fail at start-up; returns what it printed.
-    pub fn start_expecting_failure(self, args: &[&str]) -> Output {
-        let mut child = Command::new(binary(self.name()))
+    /// The server process with `args`, logging at info, its output piped.
+    fn spawn(self, args: &[&str]) -> Child {
+        Command::new(binary(self.name()))
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn server");
+            .expect("spawn server")
+    }
+
+    /// Runs this server with `args` expecting it to fail at start-up; returns what it printed.
+    pub fn start_expecting_failure(self, args: &[&str]) -> Output {
+        let mut child = self.spawn(args);
         let start = Instant::now();
         while child.try_wait().expect("poll child").is_none() {
             if start.elapsed() > DEADLINE {
@@ -155,15 +160,9 @@ pub struct Running {
 
 impl Running {
     fn start(server: Server, args: &[&str]) -> Running {
-        let mut child = Command::new(binary(server.name()))
-            .args(["--addr", "127.0.0.1:0"])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn server");
+        let mut with_addr = vec!["--addr", "127.0.0.1:0"];
+        with_addr.extend_from_slice(args);
+        let mut child = server.spawn(&with_addr);
         let log = Arc::new(Log::default());
         log.collect(child.stdout.take().unwrap());
         log.collect(child.stderr.take().unwrap());

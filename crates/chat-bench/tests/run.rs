@@ -3,46 +3,18 @@
 //!
 //! Tiny workloads in a debug build: these check the counting, not the speed.
 
-use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{mpsc, Mutex, OnceLock};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::Value;
+use sock_chat_tests::binary;
 
 /// How long a server may take to say where it listens. Generous for a busy machine; a
 /// passing test never waits for it.
 const DEADLINE: Duration = Duration::from_secs(10);
-
-/// The path of a workspace binary, built once per test process with the same profile as the
-/// tests (`cargo test -p chat-bench` does not build the servers). As in tests/support.
-fn binary(package: &str) -> PathBuf {
-    static BUILT: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
-    let mut built = BUILT.get_or_init(Default::default).lock().unwrap();
-    // target/<profile>/deps/<test binary>
-    let test_exe = std::env::current_exe().expect("current exe");
-    let profile_dir = test_exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    if built.insert(package.to_owned()) {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut build = Command::new(cargo);
-        build.args(["build", "--quiet", "-p", package]);
-        if profile_dir
-            .file_name()
-            .is_some_and(|name| name == "release")
-        {
-            build.arg("--release");
-        }
-        let status = build.status().expect("run cargo build");
-        assert!(status.success(), "cargo build -p {package} failed");
-    }
-    profile_dir.join(package)
-}
 
 /// A server started on port 0; killed when dropped.
 struct Server {
