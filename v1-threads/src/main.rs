@@ -155,6 +155,12 @@ fn accept_loop(listener: &TcpListener, clients: &Arc<Clients>, max_line: usize) 
             warn!("{addr} refused: server full ({} clients)", clients.max);
             // A fresh socket's send buffer is empty, so this short write cannot block the loop.
             let _ = (&stream).write_all(&wire(&server_full(clients.max)));
+            // Closing a socket with unread input makes the kernel send a reset, which can
+            // destroy the notice before the client reads it (telnet speaks first): read, without
+            // waiting, whatever already came.
+            if stream.set_nonblocking(true).is_ok() {
+                let _ = (&stream).read(&mut [0u8; 1024]);
+            }
             continue;
         };
         let spawned = thread::Builder::new()

@@ -220,6 +220,9 @@ async fn accept_loop(listener: &TcpListener, room: &Arc<Room>) {
 /// the answer.
 fn turn_away(socket: TcpStream, max_clients: usize) {
     let _ = socket.try_write(message::wire(&message::server_full(max_clients)).as_slice());
+    // Closing a socket with unread input makes the kernel send a reset, which can destroy the
+    // notice before the client reads it (telnet speaks first): drop whatever already came.
+    let _ = socket.try_read(&mut [0u8; 1024]);
     tracing::warn!("turned a client away: {max_clients} clients already");
 }
 
