@@ -41,6 +41,12 @@ const LOG_LINES_KEPT: usize = 20;
 /// server has finished with the probes.
 const IDLE_SETTLE: Duration = Duration::from_millis(300);
 
+/// Quiet time around each connection storm. The kernel tears down the previous run's closed
+/// connections (up to 10 000) for a while after the server exits; a storm started during that
+/// lost its first SYNs and waited for their 1 s retransmission, so storms measured 1.1-3.4 s
+/// inside `compare` against 0.5-0.75 s standalone.
+const STORM_QUIET: Duration = Duration::from_secs(1);
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Smaller workloads and one repeat: under 30 seconds.
@@ -450,6 +456,9 @@ async fn run_one(
         error: None,
         server_log: Vec::new(),
     };
+    if plan.kind == Kind::Idle {
+        tokio::time::sleep(STORM_QUIET).await;
+    }
     let server = match Server::start(binary, version, max_clients) {
         Ok(server) => server,
         Err(error) => {
@@ -471,6 +480,9 @@ async fn run_one(
             record.report = Some(report);
         }
         Err(error) => record.error = Some(format!("{error:#}")),
+    }
+    if plan.kind == Kind::Idle {
+        tokio::time::sleep(STORM_QUIET).await;
     }
     record
 }
