@@ -100,7 +100,7 @@ const HISTORY_DEFAULT: usize = 20;
 
 /// Default `--rate`, lines per second per client: faster than anyone types, slower than a
 /// script that would drown the room.
-const RATE_DEFAULT: u32 = 10;
+const RATE_DEFAULT: f64 = 10.0;
 
 /// A client over its rate limit hears about it at most this often.
 const SLOW_DOWN_INTERVAL: Duration = Duration::from_secs(1);
@@ -130,12 +130,22 @@ struct Cli {
     history: usize,
 
     /// Lines per second each client may send (bursts of twice that); 0 turns the limit off.
-    #[arg(long, value_name = "LINES_PER_SEC", default_value_t = RATE_DEFAULT)]
-    rate: u32,
+    #[arg(long, value_name = "LINES_PER_SEC", default_value_t = RATE_DEFAULT, value_parser = lines_per_second)]
+    rate: f64,
 
     /// Disconnect a client silent for this many seconds; 0 never does.
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     idle_timeout: u64,
+}
+
+/// `--rate`: a finite number of lines per second, 0 or more (`0.5` is a line every 2 s).
+fn lines_per_second(input: &str) -> Result<f64, String> {
+    match input.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
+        _ => Err(format!(
+            "\"{input}\" is not a rate: give lines per second, 0 or more"
+        )),
+    }
 }
 
 fn main() {
@@ -240,7 +250,8 @@ async fn serve_client(
     let mut session = Session {
         bucket: room
             .rate
-            .map(|rate| TokenBucket::new(rate, 2.0 * rate, now)),
+            // At least one line may always pass, however slow the rate.
+            .map(|rate| TokenBucket::new(rate, (2.0 * rate).max(1.0), now)),
         room: Arc::clone(&room),
         id,
         name: addr.to_string(),
@@ -692,7 +703,7 @@ impl Room {
             max_queue: cli.queue.max_queue,
             announce_limit: cli.announce.announce_limit,
             history_len: cli.history,
-            rate: (cli.rate > 0).then_some(f64::from(cli.rate)),
+            rate: (cli.rate > 0.0).then_some(cli.rate),
             idle_timeout: (cli.idle_timeout > 0).then(|| Duration::from_secs(cli.idle_timeout)),
             emptied: Notify::new(),
         }
