@@ -14,8 +14,11 @@ pub const CRLF: &str = "\r\n";
 
 /// `alice says: hi`: how a line from `name` reaches the others (v1 and v2 echo it to the sender).
 pub fn chat_line(name: &str, text: &str) -> String {
-    format!("{name} says: {text}")
+    format!("{name}{SAYS}{text}")
 }
+
+/// What stands between a chat line's name and its text, for both ways of building one.
+const SAYS: &str = " says: ";
 
 /// Appends `name says: TEXT\r\n` to `out`, sanitising `raw` on the way, and says whether the
 /// line had anything left to say. The relay path of the servers formats a whole read's worth of
@@ -23,7 +26,7 @@ pub fn chat_line(name: &str, text: &str) -> String {
 pub fn push_chat_line(out: &mut String, name: &str, raw: &[u8]) -> bool {
     let start = out.len();
     out.push_str(name);
-    out.push_str(" says: ");
+    out.push_str(SAYS);
     if crate::sanitize::sanitize_into(raw, out) {
         out.push_str(CRLF);
         true
