@@ -77,7 +77,6 @@ use std::net::SocketAddr;
 use anyhow::{bail, Context as _};
 use chat_protocol::cli::addr_arg;
 use clap::{Parser, Subcommand};
-use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
 use crate::load::{Mode, Target, Workload};
 use crate::procfs::Process;
@@ -168,7 +167,7 @@ fn main() {
 }
 
 fn run_cli(cli: Cli) -> anyhow::Result<i32> {
-    let descriptors = raise_fd_limit();
+    let descriptors = chat_protocol::startup::raise_fd_limit().unwrap_or(FD_LIMIT_UNKNOWN);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = cli.threads {
         runtime.worker_threads(threads.max(1));
@@ -222,17 +221,8 @@ async fn run(args: RunArgs, descriptors: u64) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Raises the soft descriptor limit to the hard one and returns the limit in force.
-fn raise_fd_limit() -> u64 {
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => hard,
-            Err(_) => soft,
-        },
-        Ok((soft, _)) => soft,
-        Err(_) => 1024,
-    }
-}
+/// The descriptor limit assumed when it cannot be read: Linux's usual soft limit.
+const FD_LIMIT_UNKNOWN: u64 = 1024;
 
 /// Refuses a run that would run out of descriptors halfway through connecting.
 fn check_descriptors(clients: usize, limit: u64) -> anyhow::Result<()> {

@@ -54,15 +54,25 @@ pub fn init_logging() -> LogGuard {
 }
 
 /// Raises the soft limit on open descriptors to the hard limit: one client is one descriptor,
-/// and the usual soft limit of 1024 would cap a server below its `--max-clients`.
-pub fn raise_fd_limit() {
+/// and the usual soft limit of 1024 would cap a server below its `--max-clients`. Returns the
+/// limit now in force, or `None` if it cannot be read.
+pub fn raise_fd_limit() -> Option<u64> {
     match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => tracing::debug!("raised the open-file limit from {soft} to {hard}"),
-            Err(error) => tracing::warn!("cannot raise the open-file limit from {soft}: {error}"),
+            Ok(()) => {
+                tracing::debug!("raised the open-file limit from {soft} to {hard}");
+                Some(hard)
+            }
+            Err(error) => {
+                tracing::warn!("cannot raise the open-file limit from {soft}: {error}");
+                Some(soft)
+            }
         },
-        Ok(_) => {}
-        Err(error) => tracing::warn!("cannot read the open-file limit: {error}"),
+        Ok((soft, _)) => Some(soft),
+        Err(error) => {
+            tracing::warn!("cannot read the open-file limit: {error}");
+            None
+        }
     }
 }
 
