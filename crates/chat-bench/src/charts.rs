@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::anyhow;
+use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 
 use crate::compare::{Kind, VERSIONS};
@@ -33,6 +34,24 @@ pub fn draw_all(dir: &Path, results: &Results) -> anyhow::Result<()> {
         Kind::Burst,
         "Latency under a burst",
     )
+}
+
+/// The last step of every chart: its legend, then the file.
+fn finish<'a, CT: CoordTranslate>(
+    root: &DrawingArea<SVGBackend<'a>, Shift>,
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let err = plot_error(path);
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font((FONT, 16))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(&err)?;
+    root.present().map_err(&err)
 }
 
 fn plot_error<E: std::fmt::Display>(path: &Path) -> impl Fn(E) -> anyhow::Error + '_ {
@@ -103,15 +122,7 @@ fn throughput(path: &Path, results: &Results) -> anyhow::Result<()> {
             }))
             .map_err(&err)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .label_font((FONT, 16))
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()
-        .map_err(&err)?;
-    root.present().map_err(&err)
+    finish(&root, &mut chart, path)
 }
 
 /// Percentile curves (p50 to max) of each version in one workload, on a log scale.
@@ -177,13 +188,5 @@ fn latency(path: &Path, results: &Results, kind: Kind, title: &str) -> anyhow::R
             .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
             .map_err(&err)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .label_font((FONT, 16))
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()
-        .map_err(&err)?;
-    root.present().map_err(&err)
+    finish(&root, &mut chart, path)
 }
