@@ -9,7 +9,10 @@
 //! 2. Invalid UTF-8 becomes U+FFFD.
 //! 3. Control characters other than TAB are removed: C0, DEL and C1. Removing ESC disarms every
 //!    ANSI escape sequence; what is left of it (`[2J`) is harmless text.
-//! 4. Trailing whitespace is trimmed. A line that is then empty is no line at all.
+//! 4. Unicode bidirectional controls (U+202A-U+202E, U+2066-U+2069) are removed: an
+//!    unmatched RIGHT-TO-LEFT OVERRIDE would make the rest of the line, and in some terminals
+//!    the rest of the screen, read backwards ("Trojan Source").
+//! 5. Trailing whitespace is trimmed. A line that is then empty is no line at all.
 
 use std::borrow::Cow;
 
@@ -44,9 +47,16 @@ pub fn sanitize_into(line: &[u8], out: &mut String) -> bool {
     kept > 0
 }
 
-/// Every `Cc` character except TAB: C0 (`\0`-`\x1f`), DEL and C1 (`\u{80}`-`\u{9f}`).
-fn is_forbidden(c: char) -> bool {
-    c.is_control() && c != '\t'
+/// Every `Cc` character except TAB (C0 `\0`-`\x1f`, DEL, C1 `\u{80}`-`\u{9f}`), and every
+/// bidirectional embedding, override or isolate.
+pub fn is_forbidden(c: char) -> bool {
+    (c.is_control() && c != '\t') || is_bidi_control(c)
+}
+
+/// LRE, RLE, PDF, LRO, RLO (U+202A-U+202E) and LRI, RLI, FSI, PDI (U+2066-U+2069): the
+/// characters that change the direction in which the text after them is displayed.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 fn strip_telnet_commands(line: &[u8]) -> Cow<'_, [u8]> {
@@ -155,6 +165,30 @@ mod tests {
     }
 
     #[test]
+    fn bidirectional_controls_are_removed() {
+        assert_eq!(
+            clean("abc\u{202e}fed".as_bytes()).as_deref(),
+            Some("abcfed")
+        );
+        for c in [
+            '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{2066}', '\u{2067}', '\u{2068}',
+            '\u{2069}',
+        ] {
+            assert_eq!(
+                clean(format!("a{c}b").as_bytes()).as_deref(),
+                Some("ab"),
+                "{c:?}"
+            );
+        }
+        // Neighbours that only mark direction, without changing what follows, stay.
+        assert_eq!(
+            clean("a\u{200f}b".as_bytes()).as_deref(),
+            Some("a\u{200f}b")
+        );
+        assert_eq!(clean("\u{202e}".as_bytes()), None);
+    }
+
+    #[test]
     fn sanitize_into_appends_to_what_is_there() {
         let mut out = String::from("alice says: ");
         assert!(sanitize_into(b"hi\x1b  ", &mut out));
@@ -167,14 +201,14 @@ mod tests {
         #[test]
         fn output_never_holds_a_control_character(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
             if let Some(text) = sanitize(&bytes) {
-                prop_assert!(!text.chars().any(|c| c.is_control() && c != '\t'), "{:?}", text);
+                prop_assert!(!text.chars().any(is_forbidden), "{:?}", text);
                 prop_assert!(!text.is_empty());
                 prop_assert_eq!(text.trim_end(), text.as_str());
             }
         }
 
         #[test]
-        fn printable_text_is_kept_as_is(text in "[ -~\u{a0}-\u{10ffff}]{0,80}") {
+        fn printable_text_is_kept_as_is(text in "[ -~\u{a0}-\u{2029}\u{202f}-\u{2065}\u{206a}-\u{10ffff}]{0,80}") {
             let expected = text.trim_end();
             let cleaned = sanitize(text.as_bytes());
             prop_assert_eq!(cleaned.as_deref(), (!expected.is_empty()).then_some(expected));
