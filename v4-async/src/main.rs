@@ -401,6 +401,9 @@ impl Session {
     fn act_on(&mut self, command: Command<'_>) {
         match command {
             Command::Chat(text) => self.queue_relay(&message::chat_line(&self.name, text)),
+            Command::Me(text) if command::me_reads_as_notice(text) => {
+                self.reply(message::ME_READS_AS_NOTICE)
+            }
             Command::Me(text) => self.queue_relay(&message::action(&self.name, text)),
             Command::Nick(None) => self.reply(&message::you_are(&self.name)),
             Command::Nick(Some(new)) => {
@@ -415,8 +418,9 @@ impl Session {
                 }
             }
             Command::List => {
-                let list = self.room.list();
-                self.reply(&list);
+                for line in self.room.list() {
+                    self.reply(&line);
+                }
             }
             Command::Pm { to, text } => {
                 self.flush_relay();
@@ -802,8 +806,8 @@ impl Room {
         Ok(())
     }
 
-    /// `* online (N): ...`, in the order members joined.
-    fn list(&self) -> String {
+    /// `* online (N): ...`, in the order members joined, in lines of bounded length.
+    fn list(&self) -> Vec<String> {
         let state = self.lock();
         message::online_list(state.members.values().map(|member| member.name.as_str()))
     }

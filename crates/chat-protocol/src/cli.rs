@@ -4,6 +4,7 @@
 //! flattens the groups below that apply to it.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 
 use crate::framing::MAX_LINE_DEFAULT;
 
@@ -14,6 +15,30 @@ pub const MAX_CLIENTS_DEFAULT: usize = 1024;
 /// Default `--max-queue`, in bytes: a client may fall this far behind before it is dropped.
 /// 256 KiB is hundreds of chat lines, far more than any person reading falls behind.
 pub const MAX_QUEUE_DEFAULT: usize = 256 * 1024;
+
+/// Default `--max-per-ip`: a classroom behind one NAT address still fits, one host with a script
+/// cannot take every slot of `--max-clients`.
+pub const MAX_PER_IP_DEFAULT: usize = 64;
+
+/// Default `--stall-ms`: how long a room waits for one receiver whose queue is too full for the
+/// next read before it disconnects it. Half a second is far longer than a client that reads as
+/// fast as it can needs to take a full queue (milliseconds on any network a class uses), and
+/// short enough that the others barely notice the pause.
+pub const STALL_MS_DEFAULT: u64 = 500;
+
+/// `--max-clients`: one client is one descriptor, and no process here may hold more than a
+/// million.
+pub const MAX_CLIENTS_RANGE: RangeInclusive<usize> = 1..=1_000_000;
+/// `--max-line`: the framer holds one line in memory per client, so a line may be at most 1 MiB.
+pub const MAX_LINE_RANGE: RangeInclusive<usize> = 1..=1024 * 1024;
+/// `--max-queue`: at most 1 GiB per client.
+pub const MAX_QUEUE_RANGE: RangeInclusive<usize> = 1..=1024 * 1024 * 1024;
+/// `--max-per-ip`: 0 turns the limit off.
+pub const MAX_PER_IP_RANGE: RangeInclusive<usize> = 0..=1_000_000;
+/// `--announce-limit`: 0 announces nothing.
+pub const ANNOUNCE_LIMIT_RANGE: RangeInclusive<usize> = 0..=1_000_000;
+/// `--stall-ms`: from a millisecond to a minute.
+pub const STALL_MS_RANGE: RangeInclusive<u64> = 1..=60_000;
 
 /// Default `--announce-limit`: above this many clients, joins and leaves are not announced,
 /// because telling everyone about everyone is quadratic traffic.
@@ -33,40 +58,67 @@ pub fn addr_arg(input: &str) -> Result<SocketAddr, String> {
     crate::addr::parse_addr(input).map_err(|error| error.to_string())
 }
 
-/// Parses a count that must be at least 1 (`--max-clients`, `--max-line`, `--max-queue`).
-pub fn positive(input: &str) -> Result<usize, String> {
-    match input.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".to_owned()),
-        Ok(n) => Ok(n),
-        Err(_) => Err(format!("\"{input}\" is not a whole number")),
+/// A clap value parser for a whole number within `range`; anything else is refused at start-up
+/// with the range in the message, so no flag can overflow or panic later.
+pub fn in_range<T>(range: RangeInclusive<T>) -> impl Fn(&str) -> Result<T, String> + Clone
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy + Send + Sync + 'static,
+{
+    move |input: &str| {
+        let (min, max) = (*range.start(), *range.end());
+        match input.trim().parse::<T>() {
+            Ok(n) if range.contains(&n) => Ok(n),
+            _ => Err(format!(
+                "\"{input}\" is out of range: give a whole number from {min} to {max}"
+            )),
+        }
     }
 }
 
-/// `--max-clients` and `--max-line`: what every server enforces on every connection.
+/// `--max-clients`, `--max-line` and `--max-per-ip`: what every server enforces on every
+/// connection.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectionLimits {
     /// Connections beyond this many get "* server full (N clients)" and are closed.
-    #[arg(long, value_name = "N", default_value_t = MAX_CLIENTS_DEFAULT, value_parser = positive)]
+    #[arg(long, value_name = "N", default_value_t = MAX_CLIENTS_DEFAULT,
+          value_parser = in_range(MAX_CLIENTS_RANGE))]
     pub max_clients: usize,
 
     /// Longest line accepted, in bytes, not counting its "\n" or "\r\n".
-    #[arg(long, value_name = "BYTES", default_value_t = MAX_LINE_DEFAULT, value_parser = positive)]
+    #[arg(long, value_name = "BYTES", default_value_t = MAX_LINE_DEFAULT,
+          value_parser = in_range(MAX_LINE_RANGE))]
     pub max_line: usize,
+
+    /// Connections one address may hold (0: no limit). 127.0.0.1 and ::1 are exempt.
+    #[arg(long, value_name = "N", default_value_t = MAX_PER_IP_DEFAULT,
+          value_parser = in_range(MAX_PER_IP_RANGE))]
+    pub max_per_ip: usize,
 }
 
-/// `--max-queue`: how far a client may fall behind before it is disconnected (v2, v3, v4).
+/// `--max-queue`: how many bytes may wait for one client (v2, v3, v4).
 #[derive(Debug, Clone, clap::Args)]
 pub struct QueueLimit {
-    /// Bytes waiting to be sent to one client before it is disconnected as too slow.
-    #[arg(long, value_name = "BYTES", default_value_t = MAX_QUEUE_DEFAULT, value_parser = positive)]
+    /// Bytes that may wait to be sent to one client.
+    #[arg(long, value_name = "BYTES", default_value_t = MAX_QUEUE_DEFAULT,
+          value_parser = in_range(MAX_QUEUE_RANGE))]
     pub max_queue: usize,
+}
+
+/// `--stall-ms`: how long a room waits for a receiver that holds it back (v3, v4).
+#[derive(Debug, Clone, clap::Args)]
+pub struct StallLimit {
+    /// Disconnect a receiver whose full queue has held the room back this many ms in a row.
+    #[arg(long, value_name = "MS", default_value_t = STALL_MS_DEFAULT,
+          value_parser = in_range(STALL_MS_RANGE))]
+    pub stall_ms: u64,
 }
 
 /// `--announce-limit`: the largest room in which joins and leaves are announced (v3, v4).
 #[derive(Debug, Clone, clap::Args)]
 pub struct AnnounceLimit {
     /// Joins and leaves are announced only while the room holds at most this many clients.
-    #[arg(long, value_name = "N", default_value_t = ANNOUNCE_LIMIT_DEFAULT)]
+    #[arg(long, value_name = "N", default_value_t = ANNOUNCE_LIMIT_DEFAULT,
+          value_parser = in_range(ANNOUNCE_LIMIT_RANGE))]
     pub announce_limit: usize,
 }
 
@@ -87,10 +139,15 @@ mod tests {
     }
 
     #[test]
-    fn limits_must_be_positive_numbers() {
-        assert_eq!(positive("5"), Ok(5));
-        assert!(positive("0").is_err());
-        assert!(positive("-1").is_err());
-        assert!(positive("lots").is_err());
+    fn limits_must_be_in_their_range() {
+        let max_line = in_range(MAX_LINE_RANGE);
+        assert_eq!(max_line("5"), Ok(5));
+        assert!(max_line("0").is_err());
+        assert!(max_line("-1").is_err());
+        assert!(max_line("lots").is_err());
+        let error = max_line("18446744073709551615").unwrap_err();
+        assert!(error.contains("from 1 to 1048576"), "{error}");
+        assert_eq!(in_range(MAX_PER_IP_RANGE)("0"), Ok(0));
+        assert!(in_range(STALL_MS_RANGE)("0").is_err());
     }
 }

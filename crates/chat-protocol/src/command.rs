@@ -75,6 +75,35 @@ pub enum BadNick {
     Empty,
     TooLong,
     BadCharacter(char),
+    /// One of [`RESERVED_NICKS`].
+    Reserved,
+}
+
+/// The words that start the server's own notices (`* server shutting down`, `* error: ...`,
+/// `* welcome ...`, `* online (3): ...`, `* you are ...`). Nobody may take them as a name, in
+/// any case, or `/me shutting down` from "server" would read as the server's own notice.
+pub const RESERVED_NICKS: &[&str] = &["server", "error", "welcome", "online", "you"];
+
+/// The words a notice about a user puts right after the name (`* bob joined (3 online)`,
+/// `* bob left (2 online)`, `* bob is now carol`). A `/me` whose text starts with them would
+/// let anyone forge such a notice, so it is refused.
+const NOTICE_VERBS: &[&[&str]] = &[&["joined"], &["left"], &["is", "now"]];
+
+/// True if `/me TEXT` would read as a server notice about its sender: TEXT starts with the
+/// word `joined` or `left`, or the words `is now`, in any case. `/me leftover pizza` is fine.
+pub fn me_reads_as_notice(text: &str) -> bool {
+    let words: Vec<&str> = text
+        .split(|c: char| c.is_whitespace() || c.is_ascii_punctuation())
+        .filter(|word| !word.is_empty())
+        .take(2)
+        .collect();
+    NOTICE_VERBS.iter().any(|verb| {
+        verb.len() <= words.len()
+            && verb
+                .iter()
+                .zip(&words)
+                .all(|(want, word)| word.eq_ignore_ascii_case(want))
+    })
 }
 
 /// A nickname is 1-[`NICK_MAX`] of `A-Za-z0-9_-`: no spaces, no `:`, `.`, `[` or `]`, so no
@@ -91,6 +120,12 @@ pub fn check_nick(name: &str) -> Result<(), BadNick> {
     }
     if name.len() > NICK_MAX {
         return Err(BadNick::TooLong);
+    }
+    if RESERVED_NICKS
+        .iter()
+        .any(|reserved| name.eq_ignore_ascii_case(reserved))
+    {
+        return Err(BadNick::Reserved);
     }
     Ok(())
 }
@@ -155,6 +190,38 @@ mod tests {
     fn anything_else_is_unknown_and_named() {
         assert_eq!(parse("/dance wildly"), Command::Unknown("/dance"));
         assert_eq!(parse("/"), Command::Unknown("/"));
+    }
+
+    #[test]
+    fn notice_words_are_not_names() {
+        for name in ["server", "Server", "ERROR", "welcome", "online", "You"] {
+            assert_eq!(check_nick(name), Err(BadNick::Reserved), "{name}");
+        }
+        assert_eq!(check_nick("servers"), Ok(()));
+        assert_eq!(check_nick("yours"), Ok(()));
+    }
+
+    #[test]
+    fn a_me_that_reads_as_a_notice_about_a_user_is_spotted() {
+        for text in [
+            "joined (3 online)",
+            "left (1 online)",
+            "LEFT",
+            "left: bye",
+            "is now carol",
+            "Is  Now carol",
+        ] {
+            assert!(me_reads_as_notice(text), "{text}");
+        }
+        for text in [
+            "waves",
+            "leftover pizza",
+            "is happy",
+            "now is the time",
+            "rejoined",
+        ] {
+            assert!(!me_reads_as_notice(text), "{text}");
+        }
     }
 
     #[test]

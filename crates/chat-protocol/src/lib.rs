@@ -9,7 +9,8 @@
 //! - [`sanitize`]: what a line may contain before anyone else sees it;
 //! - [`message`]: the exact text of every chat line and notice;
 //! - [`command`]: v4's `/commands` and nickname rules;
-//! - [`cli`]: the command-line limits and their defaults;
+//! - [`cli`]: the command-line limits, their defaults and their ranges;
+//! - [`limits`]: `--max-per-ip`, connections counted per address;
 //! - [`startup`]: logging, the descriptor limit, the listening socket, the `listening on` line.
 //!
 //! Everything except [`startup`] is pure and unit-tested next to its code.
@@ -18,6 +19,7 @@ pub mod addr;
 pub mod cli;
 pub mod command;
 pub mod framing;
+pub mod limits;
 pub mod message;
 pub mod sanitize;
 pub mod startup;

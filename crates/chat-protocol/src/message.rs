@@ -82,16 +82,59 @@ pub fn you_are(name: &str) -> String {
     format!("* you are {name}")
 }
 
-/// `* online (3): alice, bob, 127.0.0.1:52344`: the answer to `/list`.
-pub fn online_list<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> String {
-    let mut line = format!("* online ({}): ", names.len());
-    for (i, name) in names.enumerate() {
-        if i > 0 {
+/// Longest line of a `/list` answer, in bytes: far under any `--max-line` a client expects,
+/// and under the 1024 of the original protocol.
+pub const ONLINE_LINE_MAX: usize = 512;
+
+/// `* online (3): alice, bob, 127.0.0.1:52344`: the answer to `/list`. A long list is split
+/// into several lines of at most [`ONLINE_LINE_MAX`] bytes, each starting `* online (N): `
+/// and naming the next members, so a reader collects lines until it has N names.
+pub fn online_list<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> Vec<String> {
+    let head = format!("* online ({}): ", names.len());
+    let mut lines = Vec::new();
+    let mut line = head.clone();
+    for name in names {
+        let fresh = line.len() == head.len();
+        if !fresh && line.len() + ", ".len() + name.len() > ONLINE_LINE_MAX {
+            lines.push(std::mem::replace(&mut line, head.clone()));
+        } else if !fresh {
             line.push_str(", ");
         }
         line.push_str(name);
     }
-    line
+    lines.push(line);
+    lines
+}
+
+/// At most how many bytes of chat lines `input` bytes of a client's stream can become for one
+/// receiver, when the sender is named with `name_len` bytes. `input` counts every byte of the
+/// lines, so it includes an unfinished line the framer already holds.
+///
+/// A line is at least one byte of text and its `\n` (an empty line is dropped), and sanitising
+/// can turn one invalid byte into U+FFFD's three: so at most `(input + 1) / 2` lines, each
+/// `NAME says: ` plus `\r\n` around a text of at most three times its bytes. A stream of `a\n`
+/// from `127.0.0.1:52344` grows twelve-fold, which is why a room must not read from senders
+/// faster than its receivers take the bytes.
+pub fn relayed_bound(name_len: usize, input: usize) -> usize {
+    let lines = input.div_ceil(2);
+    let per_line = name_len + SAYS.len() + CRLF.len();
+    input
+        .saturating_mul(3)
+        .saturating_add(lines.saturating_mul(per_line))
+}
+
+/// The most a server may read from a sender named with `name_len` bytes, whose framer already
+/// holds `held` bytes, so that what the read becomes fits in `free` bytes of every receiver's
+/// queue ([`relayed_bound`]); at most `chunk`. Zero: it must not read now.
+pub fn readable_within(name_len: usize, held: usize, free: usize, chunk: usize) -> usize {
+    // relayed_bound grows by at least 3 per byte, so a first guess by division is close; step
+    // down from it until the bound fits.
+    let per_two_bytes = 6 + name_len + SAYS.len() + CRLF.len();
+    let mut total = (free.saturating_mul(2) / per_two_bytes).min(held.saturating_add(chunk));
+    while total > held && relayed_bound(name_len, total) > free {
+        total -= 1;
+    }
+    total.saturating_sub(held).min(chunk)
 }
 
 /// `alice (private): psst`: what the target of `/pm` receives.
@@ -134,7 +177,20 @@ pub fn bad_nick(name: &str, why: BadNick) -> String {
         BadNick::BadCharacter(c) => {
             format!("* error: nickname {name} has {c:?}; use only letters A-Z a-z, digits, _ and -")
         }
+        BadNick::Reserved => {
+            format!("* error: nickname {name} is reserved: server notices start with it")
+        }
     }
+}
+
+/// The answer to a `/me` whose text would read as a notice about its sender.
+pub const ME_READS_AS_NOTICE: &str =
+    "* error: /me cannot start with joined, left or is now: it would read as a server notice";
+
+/// `* error: too many connections from your address (max 64)`: `--max-per-ip` refused a
+/// connection, which is then closed.
+pub fn too_many_from_address(max_per_ip: usize) -> String {
+    format!("* error: too many connections from your address (max {max_per_ip})")
 }
 
 /// Sent, at most once a second, to a client over its rate limit; its lines are dropped.
@@ -233,8 +289,14 @@ mod tests {
         assert_eq!(you_are("alice"), "* you are alice");
         assert_eq!(
             online_list(["alice", "bob"].into_iter()),
-            "* online (2): alice, bob"
+            ["* online (2): alice, bob"]
         );
+        assert_eq!(
+            too_many_from_address(64),
+            "* error: too many connections from your address (max 64)"
+        );
+        assert!(ME_READS_AS_NOTICE.starts_with("* error: "));
+        assert!(bad_nick("server", BadNick::Reserved).starts_with("* error: "));
         assert_eq!(private("alice", "psst"), "alice (private): psst");
         assert_eq!(action("alice", "waves"), "* alice waves");
         assert_eq!(
@@ -245,6 +307,67 @@ mod tests {
         assert_eq!(SLOW_DOWN, "* error: slow down");
         assert!(bad_nick("a.b", BadNick::BadCharacter('.')).starts_with("* error: "));
         assert!(HELP.iter().all(|line| line.starts_with("* ")));
+    }
+
+    #[test]
+    fn a_long_list_is_split_into_short_lines() {
+        let names: Vec<String> = (0..1000).map(|i| format!("user{i:04}")).collect();
+        let lines = online_list(names.iter().map(String::as_str));
+        assert!(lines.len() > 10);
+        let mut listed = Vec::new();
+        for line in &lines {
+            assert!(line.len() <= ONLINE_LINE_MAX, "{} bytes", line.len());
+            let rest = line
+                .strip_prefix("* online (1000): ")
+                .expect("every line says N");
+            listed.extend(rest.split(", ").map(str::to_owned));
+        }
+        assert_eq!(listed, names, "every name once, in order");
+        assert_eq!(online_list(std::iter::empty()), ["* online (0): "]);
+    }
+
+    #[test]
+    fn relayed_bound_holds_for_the_worst_streams() {
+        let name = "127.0.0.1:52344";
+        for stream in [
+            b"a\n".repeat(500),
+            b"\x80\n".repeat(500),
+            b"\x80".repeat(999),
+            b"hello world\r\n".repeat(70),
+        ] {
+            let mut out = String::new();
+            let mut framer = crate::LineFramer::new(4096);
+            let mut on_frame = |frame: crate::Frame<'_>| {
+                if let crate::Frame::Line(raw) = frame {
+                    push_chat_line(&mut out, name, raw);
+                }
+            };
+            framer.push(&stream, &mut on_frame);
+            framer.finish(&mut on_frame);
+            assert!(out.len() <= relayed_bound(name.len(), stream.len()));
+        }
+        // "a\n" from an IPv4 address: about twelve-fold.
+        assert_eq!(relayed_bound(name.len(), 2), 3 * 2 + 15 + 9);
+    }
+
+    #[test]
+    fn readable_within_reads_what_fits_and_no_more() {
+        let name_len = 15;
+        for free in [0, 10, 100, 1000, 65_536, 262_144, 10_000_000] {
+            for held in [0, 1, 500, 1024] {
+                let n = readable_within(name_len, held, free, 16 * 1024);
+                assert!(n <= 16 * 1024);
+                if n > 0 {
+                    assert!(relayed_bound(name_len, held + n) <= free);
+                }
+                if n < 16 * 1024 {
+                    assert!(
+                        relayed_bound(name_len, held + n + 1) > free,
+                        "{free} {held} {n}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
