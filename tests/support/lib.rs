@@ -191,6 +191,12 @@ impl Running {
         Client::connect(self.addr)
     }
 
+    /// A new client connection from the loopback address `source` (`127.0.0.2`, say), which
+    /// `--max-per-ip` counts, unlike `127.0.0.1`.
+    pub fn connect_from(&self, source: std::net::IpAddr) -> Client {
+        Client::connect_from(self.addr, source)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -462,6 +468,28 @@ impl Client {
         }
     }
 
+    /// Connects from the local address `source` (any port): Linux answers for all of
+    /// 127.0.0.0/8, so tests can play several hosts.
+    pub fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> Client {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .expect("socket");
+        socket
+            .bind(&SocketAddr::new(source, 0).into())
+            .expect("bind the source address");
+        socket.connect(&addr.into()).expect("connect");
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        stream.set_write_timeout(Some(DEADLINE)).unwrap();
+        Client {
+            stream,
+            pending: Vec::new(),
+        }
+    }
+
     /// Our own address, as the server names us (`127.0.0.1:52344`).
     pub fn addr(&self) -> SocketAddr {
         self.stream.local_addr().unwrap()
@@ -552,6 +580,29 @@ impl Client {
                 Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
                 Err(e) if is_timeout(&e) => panic!("server did not close within {DEADLINE:?}"),
                 Err(e) => panic!("read failed: {e}"),
+            }
+        }
+        String::from_utf8_lossy(&rest)
+            .split_terminator("\r\n")
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Reads until the server closes the connection with a FIN, and returns the lines that came
+    /// first. Panics if the connection was reset instead: a reset can destroy the last lines
+    /// before they are read, which is what SPEC 4's closing rule prevents.
+    pub fn read_to_orderly_close(&mut self) -> Vec<String> {
+        let mut rest = std::mem::take(&mut self.pending);
+        loop {
+            let mut chunk = [0u8; 64 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => rest.extend_from_slice(&chunk[..n]),
+                Err(e) if is_timeout(&e) => panic!("server did not close within {DEADLINE:?}"),
+                Err(e) => panic!(
+                    "the connection ended with {e} instead of a FIN; read so far: {:?}",
+                    String::from_utf8_lossy(&rest[rest.len().saturating_sub(200)..])
+                ),
             }
         }
         String::from_utf8_lossy(&rest)
