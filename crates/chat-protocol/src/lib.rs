@@ -5,6 +5,7 @@
 //!
 //! - [`addr`]: the `--addr` forms (`127.0.0.1:8080`, `[::1]:8080`, `localhost:8080`, `:8080`,
 //!   `8080`);
+//! - [`fingerprint`]: how a TLS certificate is named for pinning (`sha256:...`);
 //! - [`framing`]: bytes in, lines out, with a hard cap on the memory one line may take;
 //! - [`sanitize`]: what a line may contain before anyone else sees it;
 //! - [`message`]: the exact text of every chat line and notice;
@@ -18,6 +19,7 @@
 pub mod addr;
 pub mod cli;
 pub mod command;
+pub mod fingerprint;
 pub mod framing;
 pub mod limits;
 pub mod message;
