@@ -91,8 +91,11 @@ const NOTICE_VERBS: &[&[&str]] = &[&["joined"], &["left"], &["is", "now"]];
 
 /// True if `/me TEXT` would read as a server notice about its sender: TEXT starts with the
 /// word `joined` or `left`, or the words `is now`, in any case. `/me leftover pizza` is fine.
+/// Invisible characters ([`is_invisible`]) are ignored, or `left` with a ZERO WIDTH SPACE
+/// after it would pass while reading exactly as `left`.
 pub fn me_reads_as_notice(text: &str) -> bool {
-    let words: Vec<&str> = text
+    let visible: String = text.chars().filter(|&c| !is_invisible(c)).collect();
+    let words: Vec<&str> = visible
         .split(|c: char| c.is_whitespace() || c.is_ascii_punctuation())
         .filter(|word| !word.is_empty())
         .take(2)
@@ -104,6 +107,19 @@ pub fn me_reads_as_notice(text: &str) -> bool {
                 .zip(&words)
                 .all(|(want, word)| word.eq_ignore_ascii_case(want))
     })
+}
+
+/// Unicode's default-ignorable code points (`Default_Ignorable_Code_Point` in
+/// DerivedCoreProperties.txt): characters a terminal shows as nothing at all, such as ZERO
+/// WIDTH SPACE, WORD JOINER, the BOM and variation selectors. They are not removed from chat
+/// (emoji sequences need some of them); they only do not separate or change words here.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{ad}' | '\u{34f}' | '\u{61c}' | '\u{115f}'..='\u{1160}' | '\u{17b4}'..='\u{17b5}'
+        | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{206f}' | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}'
+        | '\u{ffa0}' | '\u{fff0}'..='\u{fff8}' | '\u{1bca0}'..='\u{1bca3}'
+        | '\u{1d173}'..='\u{1d17a}' | '\u{e0000}'..='\u{e0fff}')
 }
 
 /// A nickname is 1-[`NICK_MAX`] of `A-Za-z0-9_-`: no spaces, no `:`, `.`, `[` or `]`, so no
@@ -210,9 +226,15 @@ mod tests {
             "left: bye",
             "is now carol",
             "Is  Now carol",
+            "left\u{200b} (1 online)",
+            "\u{2060}joined (3 online)",
+            "is\u{feff} now carol",
+            "l\u{ad}eft (1 online)",
         ] {
-            assert!(me_reads_as_notice(text), "{text}");
+            assert!(me_reads_as_notice(text), "{text:?}");
         }
+        assert!(is_invisible('\u{200b}') && is_invisible('\u{e0041}'));
+        assert!(!is_invisible(' ') && !is_invisible('a') && !is_invisible('\u{1f600}'));
         for text in [
             "waves",
             "leftover pizza",
