@@ -139,6 +139,57 @@ fn history_zero_replays_nothing() {
     expect_nothing_more(&mut talker, &mut [&mut newcomer]);
 }
 
+#[test]
+fn a_history_heavier_than_a_queue_replays_its_latest_lines_and_keeps_the_newcomer() {
+    // Two thousand lines of a thousand bytes: far more than a newcomer's queue holds.
+    newcomer_gets_the_latest_history(&["--history", "2000"], 1000, 2000);
+}
+
+#[test]
+fn the_default_history_of_the_longest_lines_replays_and_keeps_the_newcomer() {
+    // Twenty lines of 64 KiB: the default history, at the longest --max-line allows here.
+    newcomer_gets_the_latest_history(&["--max-line", "65536"], 65_536, 20);
+}
+
+/// A talker says `count` lines of `len` bytes under `args`; a newcomer then gets its welcome,
+/// some of the most recent of those lines, oldest first and ending with the last one, and
+/// stays connected to hear what is said next.
+fn newcomer_gets_the_latest_history(args: &[&str], len: usize, count: usize) {
+    let mut all = Vec::from(args);
+    all.extend(UNTHROTTLED);
+    let server = Server::V4Async.start(&all);
+    let [mut talker, mut witness] = room(&server);
+    let mut relayed = Vec::with_capacity(count);
+    for i in 0..count {
+        let numbered = format!("{i:06} ");
+        talker.send_line(&format!("{numbered}{}", "x".repeat(len - numbered.len())));
+        relayed.push(witness.read_line());
+    }
+
+    let mut newcomer = server.connect();
+    newcomer.expect_line(&welcome(newcomer.addr(), 3));
+    for member in [&mut talker, &mut witness] {
+        member.expect_line(&joined(newcomer.addr(), 3));
+    }
+    talker.send_line(MARKER);
+    let marker = chat_line(talker.addr(), MARKER);
+    let mut replayed = Vec::new();
+    loop {
+        let line = newcomer.read_line();
+        if line == marker {
+            break;
+        }
+        replayed.push(line);
+    }
+    assert!(!replayed.is_empty(), "the newcomer got no history at all");
+    assert!(
+        relayed.ends_with(&replayed),
+        "the replay of {} lines is not the latest lines in order; it starts {:.40?}",
+        replayed.len(),
+        replayed[0]
+    );
+}
+
 // --- /nick ---
 
 #[test]

@@ -48,6 +48,7 @@
 //! now, so the code that is left is the chat: welcome, history, nicknames, commands, rate
 //! limits, idle timeouts and a graceful shutdown.
 
+mod history;
 mod rate;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -72,6 +73,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::history::History;
 use crate::rate::TokenBucket;
 
 /// How much one read takes from a client before its lines are relayed. Bounded so that one
@@ -678,7 +680,6 @@ struct Room {
     max_line: usize,
     max_queue: usize,
     announce_limit: usize,
-    history_len: usize,
     /// Lines per second per client; `None` with `--rate 0`.
     rate: Option<f64>,
     idle_timeout: Option<Duration>,
@@ -686,12 +687,12 @@ struct Room {
     emptied: Notify,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct RoomState {
     members: BTreeMap<ClientId, Member>,
     next_id: ClientId,
-    /// The last `--history` chat lines, oldest first, each as relayed (with its CRLF).
-    history: VecDeque<Box<str>>,
+    /// The last chat lines, as relayed, within `--history` lines and half a queue of bytes.
+    history: History,
 }
 
 #[derive(Debug)]
@@ -703,13 +704,17 @@ struct Member {
 
 impl Room {
     fn new(cli: &Cli) -> Self {
+        let state = RoomState {
+            members: BTreeMap::new(),
+            next_id: 0,
+            history: History::new(cli.history, history::budget(cli.queue.max_queue)),
+        };
         Self {
-            state: Mutex::default(),
+            state: Mutex::new(state),
             max_clients: cli.connections.max_clients,
             max_line: cli.connections.max_line,
             max_queue: cli.queue.max_queue,
             announce_limit: cli.announce.announce_limit,
-            history_len: cli.history,
             rate: (cli.rate > 0.0).then_some(cli.rate),
             idle_timeout: (cli.idle_timeout > 0).then(|| Duration::from_secs(cli.idle_timeout)),
             emptied: Notify::new(),
@@ -725,6 +730,10 @@ impl Room {
     /// Adds a client, welcomes it with the recent history and tells the others; `None` if
     /// the room is full. Under one lock, so no line slips between the history and the live
     /// stream.
+    ///
+    /// The history goes into the newcomer's empty queue as the very chunks relayed, shared,
+    /// not copied; it is at most half a queue ([`history::budget`]), so the live chat that
+    /// follows fits beside it while the newcomer reads it.
     fn join(&self, addr: SocketAddr, outbox: &Arc<Outbox>) -> Option<ClientId> {
         let mut state = self.lock();
         if state.members.len() >= self.max_clients {
@@ -734,12 +743,10 @@ impl Room {
         state.next_id += 1;
         let online = state.members.len() + 1;
         let name = addr.to_string();
-        let mut greeting = message::welcome(&name, online);
-        greeting.push_str(CRLF);
-        for line in &state.history {
-            greeting.push_str(line);
+        outbox.push(Chunk::from(message::wire(&message::welcome(&name, online))));
+        for line in state.history.lines() {
+            outbox.push(Arc::clone(line));
         }
-        outbox.push(Chunk::from(greeting.into_bytes()));
         if online <= self.announce_limit {
             let notice = Chunk::from(message::wire(&message::joined(&name, online)));
             send_to_all(&state.members, None, &notice);
@@ -770,14 +777,7 @@ impl Room {
     /// for the history.
     fn relay(&self, from: ClientId, lines: String) {
         let mut state = self.lock();
-        if self.history_len > 0 {
-            for line in lines.split_inclusive(CRLF) {
-                if state.history.len() == self.history_len {
-                    state.history.pop_front();
-                }
-                state.history.push_back(line.into());
-            }
-        }
+        state.history.record_all(&lines, CRLF);
         send_to_all(&state.members, Some(from), &Chunk::from(lines.into_bytes()));
     }
 
