@@ -6,6 +6,7 @@
 //! exactly, in order. "Nothing else arrived" is proved without waiting for silence: someone
 //! says a marker line, and it must be the very next line the others read.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Barrier;
 use std::thread;
@@ -542,6 +543,69 @@ fn idle_timeout_disconnects_a_silent_client_but_not_a_talking_one() {
     talker.expect_line(&format!("* {silent_name} left (1 online)"));
     talker.send_line("/nick");
     talker.expect_line(&format!("* you are {}", talker.addr()));
+}
+
+#[test]
+fn a_partial_line_does_not_keep_a_client_alive() {
+    idle_despite(b"a");
+}
+
+#[test]
+fn blank_lines_do_not_keep_a_client_alive() {
+    idle_despite(b" \t\r\n");
+}
+
+#[test]
+fn telnet_commands_do_not_keep_a_client_alive() {
+    // IAC NOP, as telnet sends it to keep a connection open.
+    idle_despite(b"\xff\xf1");
+}
+
+/// With `--idle-timeout 1`, a client that sends `noise` every 300 ms, but never a line with
+/// something in it, is disconnected as idle all the same.
+fn idle_despite(noise: &'static [u8]) {
+    /// Well inside the one-second timeout: noise that counted would keep the client forever.
+    const NOISE_EVERY: Duration = Duration::from_millis(300);
+    let server = Server::V4Async.start(&["--idle-timeout", "1", "--rate", "0"]);
+    let [mut idler] = room(&server);
+    let mut noisy = idler.stream().try_clone().expect("clone the stream");
+    // Pacing a client that keeps up appearances, not waiting for the server: it stops once
+    // the server has closed the connection (or the test has ended).
+    thread::spawn(move || loop {
+        thread::sleep(NOISE_EVERY);
+        if noisy.write_all(noise).is_err() {
+            break;
+        }
+    });
+    let last_lines = idler.read_to_close();
+    assert!(
+        last_lines
+            .iter()
+            .any(|line| line == "* error: idle for 1 s, disconnected"),
+        "no idle notice before the close; the client read {last_lines:?}"
+    );
+}
+
+#[test]
+fn a_line_dropped_by_the_rate_limit_still_counts_as_speaking() {
+    /// Well inside the timeout below.
+    const SPEAK_EVERY: Duration = Duration::from_millis(300);
+    /// Long enough for three warnings, which come at least a second apart.
+    const SPEAK_FOR: Duration = Duration::from_secs(4);
+    /// The server warns at most once a second: a third warning comes two seconds or more
+    /// after the first dropped line, so after the timeout had the dropped lines not counted.
+    const WARNINGS: usize = 3;
+    // A line every 10 s with bursts of one: after the first, every line here is dropped.
+    let server = Server::V4Async.start(&["--idle-timeout", "2", "--rate", "0.1"]);
+    let [mut speaker] = room(&server);
+    let began = Instant::now();
+    while began.elapsed() < SPEAK_FOR {
+        speaker.send_line("said, though maybe dropped");
+        thread::sleep(SPEAK_EVERY);
+    }
+    for _ in 0..WARNINGS {
+        speaker.expect_line("* error: slow down");
+    }
 }
 
 // --- shutdown ---

@@ -294,7 +294,7 @@ struct Session {
     bucket: Option<TokenBucket>,
     /// When this client was last told to slow down: at most once a second.
     warned_slow_at: Option<Instant>,
-    /// When this client last sent anything, for `--idle-timeout`.
+    /// When this client last spoke, for `--idle-timeout`: see [`Session::on_line`].
     heard_at: Instant,
     /// Set by `/quit`, with its reason if one was given.
     quit: Option<Option<String>>,
@@ -353,7 +353,6 @@ impl Session {
     fn read_chunk(&mut self, reader: &OwnedReadHalf, framer: &mut LineFramer) -> io::Result<bool> {
         let mut chunk = [0u8; READ_CHUNK];
         let n = reader.try_read(&mut chunk)?;
-        self.heard_at = Instant::now();
         let max_line = framer.max_line();
         let on_frame = |frame: Frame<'_>| match frame {
             Frame::Line(raw) => self.on_line(raw),
@@ -369,14 +368,24 @@ impl Session {
     }
 
     /// One framed line: sanitise, rate-limit, then chat or command.
+    ///
+    /// Only a line with something left in it after sanitising counts as speaking for
+    /// `--idle-timeout`: bytes of an unfinished line, blank lines and telnet commands cost a
+    /// client nothing to send and would keep an abandoned connection in its slot forever (an
+    /// overlong line never gets here: nobody looked at what it held). A line the rate limit
+    /// drops still counts: its sender is plainly there, the rate limit already answers it,
+    /// and not counting it would stop nobody, since one line per timeout passes any limit.
     fn on_line(&mut self, raw: &[u8]) {
         if self.quit.is_some() {
             return;
         }
         let mut text = std::mem::take(&mut self.text);
         text.clear();
-        if chat_protocol::sanitize::sanitize_into(raw, &mut text) && self.within_rate() {
-            self.act_on(command::parse(&text));
+        if chat_protocol::sanitize::sanitize_into(raw, &mut text) {
+            self.heard_at = Instant::now();
+            if self.within_rate() {
+                self.act_on(command::parse(&text));
+            }
         }
         self.text = text;
     }
