@@ -11,6 +11,58 @@ fn welcome(client: &Client, online: usize) -> String {
     )
 }
 
+// --- numeric flags (SPEC 2) ---
+
+#[test]
+fn v4_numeric_flags_out_of_range_are_refused_at_start_naming_the_flag_and_the_range() {
+    for (flag, value, range) in [
+        // Once accepted, this overflowed every client's idle deadline and panicked its task.
+        ("--idle-timeout", "18446744073709551615", "0 to 604800"),
+        ("--idle-timeout", "-1", "0 to 604800"),
+        ("--history", "100000000", "0 to 10000"),
+        ("--rate", "1e300", "0 to 1000000"),
+        ("--rate", "-1", "0 to 1000000"),
+        ("--rate", "NaN", "0 to 1000000"),
+        ("--rate", "inf", "0 to 1000000"),
+    ] {
+        // `--flag=value`, so that clap hands "-1" to the flag instead of reading it as one.
+        let output = Server::V4Async.start_expecting_failure(&[&format!("{flag}={value}")]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{flag}={value} was accepted");
+        assert!(!stderr.contains("panicked"), "{flag}={value}: {stderr}");
+        let sentence = stderr
+            .lines()
+            .find(|line| !line.trim().is_empty())
+            .unwrap_or_default();
+        assert!(
+            sentence.contains(flag) && sentence.contains(range),
+            "{flag}={value}: the first line should name the flag and the range {range}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn the_largest_values_in_range_are_honoured() {
+    let server = Server::V4Async.start(&[
+        "--idle-timeout",
+        "604800",
+        "--history",
+        "10000",
+        "--rate",
+        "1000000",
+    ]);
+    // Each client's task starts its idle clock, takes from its bucket and leaves the room.
+    for _ in 0..3 {
+        let mut client = server.connect();
+        client.expect_line(&welcome(&client, 1));
+        client.send_line("hello");
+        client.send_line("/quit");
+        client.read_to_close();
+    }
+    let mut last = server.connect();
+    last.expect_line(&welcome(&last, 1));
+}
+
 // --- history (SPEC 5) ---
 
 #[test]

@@ -54,6 +54,7 @@ mod rate;
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -61,7 +62,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use chat_protocol::cli::{addr_arg, AnnounceLimit, ConnectionLimits, QueueLimit, V4_ADDR_DEFAULT};
+use chat_protocol::cli::{
+    addr_arg, in_range, AnnounceLimit, ConnectionLimits, QueueLimit, V4_ADDR_DEFAULT,
+};
 use chat_protocol::command::{self, Command};
 use chat_protocol::framing::{Frame, LineFramer};
 use chat_protocol::message::{self, CRLF};
@@ -103,9 +106,22 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_millis(1500);
 /// Default `--history`: enough recent lines for a newcomer to pick up the thread.
 const HISTORY_DEFAULT: usize = 20;
 
+/// `--history`: ten thousand lines is pages of scrollback, more than anyone reads on joining.
+/// The history is bounded in bytes too (see [`history`]), whatever this says.
+const HISTORY_RANGE: RangeInclusive<usize> = 0..=10_000;
+
 /// Default `--rate`, lines per second per client: faster than anyone types, slower than a
 /// script that would drown the room.
 const RATE_DEFAULT: f64 = 10.0;
+
+/// Highest `--rate`: a million lines a second is more than one client's reader gets through,
+/// so a higher limit would be no limit at all, which is what `--rate 0` says.
+const RATE_MAX: f64 = 1_000_000.0;
+
+/// `--idle-timeout`: up to a week. Idle clients are cut off to free their slots, which a
+/// longer wait would not; and an instant plus a week never overflows (an instant plus
+/// `u64::MAX` seconds did, and panicked every client's task).
+const IDLE_TIMEOUT_RANGE: RangeInclusive<u64> = 0..=7 * 24 * 60 * 60;
 
 /// A client over its rate limit hears about it at most this often.
 const SLOW_DOWN_INTERVAL: Duration = Duration::from_secs(1);
@@ -130,25 +146,28 @@ struct Cli {
     #[command(flatten)]
     announce: AnnounceLimit,
 
-    /// Chat lines replayed to each newcomer, oldest first.
-    #[arg(long, value_name = "LINES", default_value_t = HISTORY_DEFAULT)]
+    /// Chat lines replayed to each newcomer, oldest first (within half a --max-queue of bytes).
+    #[arg(long, value_name = "LINES", default_value_t = HISTORY_DEFAULT,
+          value_parser = in_range(HISTORY_RANGE))]
     history: usize,
 
     /// Lines per second each client may send (bursts of twice that); 0 turns the limit off.
     #[arg(long, value_name = "LINES_PER_SEC", default_value_t = RATE_DEFAULT, value_parser = lines_per_second)]
     rate: f64,
 
-    /// Disconnect a client silent for this many seconds; 0 never does.
-    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    /// Disconnect a client that sends no line for this many seconds; 0 never does.
+    #[arg(long, value_name = "SECS", default_value_t = 0,
+          value_parser = in_range(IDLE_TIMEOUT_RANGE))]
     idle_timeout: u64,
 }
 
-/// `--rate`: a finite number of lines per second, 0 or more (`0.5` is a line every 2 s).
+/// `--rate`: lines per second from 0 to [`RATE_MAX`], fractions allowed (`0.5` is a line
+/// every 2 s).
 fn lines_per_second(input: &str) -> Result<f64, String> {
-    match input.parse::<f64>() {
-        Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
+    match input.trim().parse::<f64>() {
+        Ok(rate) if (0.0..=RATE_MAX).contains(&rate) => Ok(rate),
         _ => Err(format!(
-            "\"{input}\" is not a rate: give lines per second, 0 or more"
+            "\"{input}\" is out of range: give lines per second from 0 to {RATE_MAX} (0: no limit)"
         )),
     }
 }
