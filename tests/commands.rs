@@ -623,3 +623,22 @@ fn sigterm_says_goodbye_to_every_client_and_exits_0_within_2_seconds() {
         assert_eq!(client.read_to_close(), ["* server shutting down"]);
     }
 }
+
+#[test]
+fn sighup_shuts_down_like_sigterm() {
+    let mut server = Server::V4Async.start(&UNTHROTTLED);
+    let [mut first, mut second] = room(&server);
+    let asked = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let status = server.wait_exit();
+    let took = asked.elapsed();
+    assert!(status.success(), "exit status {status}");
+    assert!(took < Duration::from_secs(2), "took {took:?} to exit");
+    for client in [&mut first, &mut second] {
+        assert_eq!(client.read_to_close(), ["* server shutting down"]);
+    }
+}

@@ -73,6 +73,7 @@ use clap::Parser;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -186,8 +187,11 @@ fn main() {
     }
 }
 
-/// Binds, then accepts until Ctrl-C or SIGTERM, then says goodbye to everyone.
+/// Binds, then accepts until Ctrl-C, SIGTERM or SIGHUP, then says goodbye to everyone.
 async fn serve(cli: Cli) -> anyhow::Result<()> {
+    // Before the `listening on` line: a signal sent as soon as it shows must find us listening,
+    // not the default action, which ends the process without a goodbye.
+    let signals = ShutdownSignals::listen();
     let listener = startup::bind_listener(cli.addr)?;
     startup::log_listening("v4-async", &listener)?;
     listener.set_nonblocking(true)?;
@@ -196,7 +200,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
 
     tokio::select! {
         () = accept_loop(&listener, &room) => {}
-        signal = shutdown_signal() => {
+        signal = signals.first() => {
             tracing::info!("{signal}: shutting down");
         }
     }
@@ -206,20 +210,44 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM, naming which one came.
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = match signal(SignalKind::terminate()) {
-        Ok(terminate) => terminate,
-        Err(error) => {
-            tracing::warn!("cannot listen for SIGTERM: {error}");
-            let _ = tokio::signal::ctrl_c().await;
-            return "Ctrl-C";
+/// The signals that stop the server gracefully: Ctrl-C, SIGTERM (a service manager), and
+/// SIGHUP (the terminal it ran in was closed). Each is `None` if it cannot be listened for.
+struct ShutdownSignals {
+    interrupt: Option<Signal>,
+    terminate: Option<Signal>,
+    hang_up: Option<Signal>,
+}
+
+impl ShutdownSignals {
+    /// Starts listening: from here on these signals no longer end the process at once.
+    fn listen() -> Self {
+        let listen_for = |kind, name| {
+            signal(kind)
+                .inspect_err(|error| tracing::warn!("cannot listen for {name}: {error}"))
+                .ok()
+        };
+        Self {
+            interrupt: listen_for(SignalKind::interrupt(), "Ctrl-C"),
+            terminate: listen_for(SignalKind::terminate(), "SIGTERM"),
+            hang_up: listen_for(SignalKind::hangup(), "SIGHUP"),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "Ctrl-C",
-        _ = terminate.recv() => "SIGTERM",
+    }
+
+    /// Resolves when the first of them arrives, naming it.
+    async fn first(mut self) -> &'static str {
+        async fn arrival(signal: &mut Option<Signal>) {
+            match signal {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            () = arrival(&mut self.interrupt) => "Ctrl-C",
+            () = arrival(&mut self.terminate) => "SIGTERM",
+            () = arrival(&mut self.hang_up) => "SIGHUP",
+        }
     }
 }
 
