@@ -1,7 +1,9 @@
 //! v4's limits (SPEC 2, 5 and 13): its own numeric flags refused at start-up outside what the
 //! server can honour, a history that cannot grow the server's memory, and `--max-per-ip`.
 
-use sock_chat_tests::{Client, Server};
+use std::net::IpAddr;
+
+use sock_chat_tests::{Client, Running, Server};
 
 /// `* welcome <ADDR>, N online - type /help for commands`.
 fn welcome(client: &Client, online: usize) -> String {
@@ -97,4 +99,60 @@ fn the_history_keeps_the_server_small_however_many_long_lines_it_may_hold() {
         grew < GROWTH_MAX_KIB,
         "the server grew by {grew} KiB with {LINES} lines of {LINE} bytes"
     );
+}
+
+// --- --max-per-ip (SPEC 13) ---
+
+/// `127.0.0.N`: a loopback address that `--max-per-ip` counts like any other host.
+fn host(n: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, n])
+}
+
+/// A client from `ip`, welcomed as the room's `online`th member.
+fn join_from(server: &Running, ip: IpAddr, online: usize) -> Client {
+    let mut client = server.connect_from(ip);
+    client.expect_line(&welcome(&client, online));
+    client
+}
+
+#[test]
+fn a_connection_beyond_max_per_ip_is_told_why_and_closed_in_order() {
+    let server = Server::V4Async.start(&["--max-per-ip", "2"]);
+    let _first = join_from(&server, host(2), 1);
+    let _second = join_from(&server, host(2), 2);
+    for _ in 0..3 {
+        let mut third = server.connect_from(host(2));
+        assert_eq!(
+            third.read_to_orderly_close(),
+            ["* error: too many connections from your address (max 2)"]
+        );
+    }
+    // Another host is not held to this one's count.
+    join_from(&server, host(3), 3);
+}
+
+#[test]
+fn max_per_ip_never_limits_this_machine() {
+    let server = Server::V4Async.start(&["--max-per-ip", "1"]);
+    let _here: Vec<Client> = (1..=5)
+        .map(|online| join_from(&server, host(1), online))
+        .collect();
+}
+
+#[test]
+fn a_slot_freed_by_a_leaving_client_can_be_taken_again() {
+    let server = Server::V4Async.start(&["--max-per-ip", "1"]);
+    let mut witness = join_from(&server, host(1), 1);
+    let mut leaver = join_from(&server, host(2), 2);
+    witness.expect_line(&format!("* {} joined (2 online)", leaver.addr()));
+    let mut refused = server.connect_from(host(2));
+    assert_eq!(
+        refused.read_to_orderly_close(),
+        ["* error: too many connections from your address (max 1)"]
+    );
+
+    leaver.send_line("/quit");
+    leaver.read_to_close();
+    witness.expect_line(&format!("* {} left (1 online)", leaver.addr()));
+    join_from(&server, host(2), 2);
 }

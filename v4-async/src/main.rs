@@ -53,7 +53,7 @@ mod rate;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,10 +67,11 @@ use chat_protocol::cli::{
 };
 use chat_protocol::command::{self, Command};
 use chat_protocol::framing::{Frame, LineFramer};
+use chat_protocol::limits::PerIp;
 use chat_protocol::message::{self, CRLF};
 use chat_protocol::startup;
 use clap::Parser;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -103,6 +104,14 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How long a shutdown waits for writers to flush `* server shutting down` before exiting;
 /// the spec allows two seconds in all.
 const SHUTDOWN_FLUSH: Duration = Duration::from_millis(1500);
+
+/// How long a connection turned away (server full, too many from its address) may keep
+/// sending after its notice before it is closed anyway: time enough for a client to read the
+/// notice and close, short enough that a flood of refused connections holds few descriptors.
+const TURN_AWAY_LINGER: Duration = Duration::from_secs(1);
+
+/// What a turned-away connection's drain reads at a time; the bytes are thrown away.
+const DRAIN_BUFFER: usize = 1024;
 
 /// Default `--history`: enough recent lines for a newcomer to pick up the thread.
 const HISTORY_DEFAULT: usize = 20;
@@ -268,24 +277,36 @@ async fn accept_loop(listener: &TcpListener, room: &Arc<Room>) {
         let _ = socket.set_nodelay(true);
         let outbox = Arc::new(Outbox::new(room.max_queue));
         match room.join(addr, &outbox) {
-            Some(id) => {
+            Ok(id) => {
                 tracing::info!("{addr} connected");
                 tokio::spawn(serve_client(Arc::clone(room), id, addr, socket, outbox));
             }
-            None => turn_away(socket, room.max_clients),
+            Err(refusal) => {
+                let notice = refusal.notice();
+                tracing::warn!("turned {addr} away: {notice}");
+                turn_away(socket, notice);
+            }
         }
     }
 }
 
-/// Tells a connection beyond `--max-clients` why it is closed. A fresh socket's send buffer is
-/// empty, so a non-blocking write takes this one line; if it somehow does not, the close is
-/// the answer.
-fn turn_away(socket: TcpStream, max_clients: usize) {
-    let _ = socket.try_write(message::wire(&message::server_full(max_clients)).as_slice());
-    // Closing a socket with unread input makes the kernel send a reset, which can destroy the
-    // notice before the client reads it (telnet speaks first): drop whatever already came.
-    let _ = socket.try_read(&mut [0u8; 1024]);
-    tracing::warn!("turned a client away: {max_clients} clients already");
+/// Tells a connection that may not join why, and closes it so that the notice arrives
+/// (SPEC 4): the notice, then our FIN, then whatever the client still sends is read and thrown
+/// away until it closes too, or for [`TURN_AWAY_LINGER`] at most. Closing with unread input
+/// (telnet speaks first) would make the kernel answer with a reset, which can destroy the
+/// notice before the client reads it. In a task of its own, so the accept loop never waits.
+fn turn_away(socket: TcpStream, notice: String) {
+    tokio::spawn(async move {
+        let (mut reader, mut writer) = socket.into_split();
+        let goodbye = async {
+            writer.write_all(&message::wire(&notice)).await?;
+            writer.shutdown().await?;
+            let mut discard = [0u8; DRAIN_BUFFER];
+            while reader.read(&mut discard).await? > 0 {}
+            io::Result::Ok(())
+        };
+        let _ = tokio::time::timeout(TURN_AWAY_LINGER, goodbye).await;
+    });
 }
 
 /// One client's session: its writer task runs beside this reader loop until either ends.
@@ -747,6 +768,8 @@ struct Room {
 struct RoomState {
     members: BTreeMap<ClientId, Member>,
     next_id: ClientId,
+    /// Members per address, for `--max-per-ip`: counted from accept to leave.
+    per_ip: PerIp,
     /// The last chat lines, as relayed, within `--history` lines and half a queue of bytes.
     history: History,
 }
@@ -755,7 +778,29 @@ struct RoomState {
 struct Member {
     /// How the others see this client.
     name: String,
+    /// Where it connected from, for `--max-per-ip`.
+    ip: IpAddr,
     outbox: Arc<Outbox>,
+}
+
+/// Why a connection may not join; it is told so before it is closed.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// `--max-clients` are connected.
+    Full { max_clients: usize },
+    /// Its address holds `--max-per-ip` connections already.
+    TooManyFromAddress { max_per_ip: usize },
+}
+
+impl Refusal {
+    fn notice(self) -> String {
+        match self {
+            Refusal::Full { max_clients } => message::server_full(max_clients),
+            Refusal::TooManyFromAddress { max_per_ip } => {
+                message::too_many_from_address(max_per_ip)
+            }
+        }
+    }
 }
 
 impl Room {
@@ -763,6 +808,7 @@ impl Room {
         let state = RoomState {
             members: BTreeMap::new(),
             next_id: 0,
+            per_ip: PerIp::new(cli.connections.max_per_ip),
             history: History::new(cli.history, history::budget(cli.queue.max_queue)),
         };
         Self {
@@ -783,17 +829,24 @@ impl Room {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Adds a client, welcomes it with the recent history and tells the others; `None` if
-    /// the room is full. Under one lock, so no line slips between the history and the live
+    /// Adds a client, welcomes it with the recent history and tells the others, or says why
+    /// it may not join. Under one lock, so no line slips between the history and the live
     /// stream.
     ///
     /// The history goes into the newcomer's empty queue as the very chunks relayed, shared,
     /// not copied; it is at most half a queue ([`history::budget`]), so the live chat that
     /// follows fits beside it while the newcomer reads it.
-    fn join(&self, addr: SocketAddr, outbox: &Arc<Outbox>) -> Option<ClientId> {
+    fn join(&self, addr: SocketAddr, outbox: &Arc<Outbox>) -> Result<ClientId, Refusal> {
         let mut state = self.lock();
         if state.members.len() >= self.max_clients {
-            return None;
+            return Err(Refusal::Full {
+                max_clients: self.max_clients,
+            });
+        }
+        if !state.per_ip.try_add(addr.ip()) {
+            return Err(Refusal::TooManyFromAddress {
+                max_per_ip: state.per_ip.max(),
+            });
         }
         let id = state.next_id;
         state.next_id += 1;
@@ -807,17 +860,22 @@ impl Room {
             let notice = Chunk::from(message::wire(&message::joined(&name, online)));
             send_to_all(&state.members, None, &notice);
         }
-        let outbox = Arc::clone(outbox);
-        state.members.insert(id, Member { name, outbox });
-        Some(id)
+        let member = Member {
+            name,
+            ip: addr.ip(),
+            outbox: Arc::clone(outbox),
+        };
+        state.members.insert(id, member);
+        Ok(id)
     }
 
     /// Removes a client and tells the others, with the reason it gave to `/quit`.
     fn leave(&self, id: ClientId, name: &str, reason: Option<&str>) {
         let mut state = self.lock();
-        if state.members.remove(&id).is_none() {
+        let Some(member) = state.members.remove(&id) else {
             return;
-        }
+        };
+        state.per_ip.remove(member.ip);
         let online = state.members.len();
         if online <= self.announce_limit {
             let notice = Chunk::from(message::wire(&message::left(name, online, reason)));
