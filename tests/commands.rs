@@ -310,6 +310,26 @@ fn two_clients_racing_for_one_nick_exactly_one_wins() {
     }
 }
 
+#[test]
+fn the_words_that_start_notices_cannot_be_taken_as_nicknames() {
+    let server = Server::V4Async.start(&UNTHROTTLED);
+    let [mut client, mut other] = room(&server);
+    for reserved in [
+        "server", "SERVER", "Server", "error", "welcome", "online", "you",
+    ] {
+        client.send_line(&format!("/nick {reserved}"));
+        let refusal = client.read_line();
+        assert!(
+            refusal.starts_with("* error: ") && refusal.contains(reserved),
+            "/nick {reserved} answered {refusal:?}"
+        );
+    }
+    client.send_line("/nick");
+    client.expect_line(&format!("* you are {}", client.addr()));
+    // Nobody heard of a rename.
+    expect_nothing_more(&mut client, &mut [&mut other]);
+}
+
 // --- /list, /pm, /me, /quit, /help, unknown commands, // ---
 
 #[test]
@@ -332,6 +352,52 @@ fn list_names_every_member_in_the_order_they_joined() {
     second.expect_line(&format!("* online (2): {}, bob", first.addr()));
     // The answer went to the one who asked.
     expect_nothing_more(&mut second, &mut [&mut first]);
+}
+
+#[test]
+fn a_long_list_comes_in_short_lines_that_name_every_member_once() {
+    const MEMBERS: usize = 300;
+    /// What a client may expect of a notice, far under any --max-line.
+    const LINE_MAX: usize = 512;
+    // Joins unannounced, so nobody has 300 notices to read first.
+    let server = Server::V4Async.start(&["--max-clients", "400", "--announce-limit", "0"]);
+    let members: Vec<Client> = (0..MEMBERS)
+        .map(|i| {
+            let mut member = server.connect();
+            member.expect_line(&welcome(member.addr(), i + 1));
+            member
+        })
+        .collect();
+    let mut asker = members.into_iter();
+    let mut first = asker.next().expect("a member");
+    let others: Vec<Client> = asker.collect();
+
+    first.send_line("/list");
+    let head = format!("* online ({MEMBERS}): ");
+    let mut listed = Vec::new();
+    while listed.len() < MEMBERS {
+        let line = first.read_line();
+        assert!(
+            line.len() <= LINE_MAX,
+            "a /list line of {} bytes",
+            line.len()
+        );
+        let names = line
+            .strip_prefix(&head)
+            .unwrap_or_else(|| panic!("a /list line that does not start {head:?}: {line:?}"));
+        listed.extend(names.split(", ").map(str::to_owned));
+    }
+    let expected: Vec<String> = std::iter::once(&first)
+        .chain(&others)
+        .map(|member| member.addr().to_string())
+        .collect();
+    assert_eq!(
+        listed, expected,
+        "every member once, in the order they joined"
+    );
+    // And the answer is over: the next line is the answer to the next command.
+    first.send_line("/nick");
+    first.expect_line(&format!("* you are {}", first.addr()));
 }
 
 #[test]
@@ -362,6 +428,43 @@ fn me_is_relayed_to_the_others_as_an_action() {
     alice.send_line("/me waves");
     other.expect_line("* alice waves");
     expect_nothing_more(&mut other, &mut [&mut alice]);
+}
+
+#[test]
+fn me_that_would_read_as_a_notice_is_refused_and_reaches_nobody() {
+    let server = Server::V4Async.start(&UNTHROTTLED);
+    let [mut alice, mut other] = room(&server);
+    take_nick(&mut alice, &mut [&mut other], "alice");
+    for forgery in [
+        "left (1 online)",
+        "joined (3 online)",
+        "is now carol",
+        "LEFT (1 online)",
+        "is   now carol",
+        // Invisible characters would make these read exactly as the notices above.
+        "left\u{200b} (1 online)",
+        "\u{2060}joined (3 online)",
+        "is\u{feff} now carol",
+    ] {
+        alice.send_line(&format!("/me {forgery}"));
+        let refusal = alice.read_line();
+        assert!(
+            refusal.starts_with("* error: "),
+            "/me {forgery:?} answered {refusal:?}"
+        );
+    }
+    // A /me that merely starts like one is an action as usual.
+    alice.send_line("/me leftover pizza");
+    other.expect_line("* alice leftover pizza");
+
+    // None of the refused ones reached the history either.
+    let mut newcomer = server.connect();
+    newcomer.expect_line(&welcome(newcomer.addr(), 3));
+    newcomer.expect_line("* alice leftover pizza");
+    for member in [&mut alice, &mut other] {
+        member.expect_line(&joined(newcomer.addr(), 3));
+    }
+    expect_nothing_more(&mut other, &mut [&mut newcomer, &mut alice]);
 }
 
 #[test]
