@@ -47,6 +47,21 @@
 //! loop: readiness flags, `POLLOUT` interest, partial writes. Tokio's reactor does that part
 //! now, so the code that is left is the chat: welcome, history, nicknames, commands, rate
 //! limits, idle timeouts and a graceful shutdown.
+//!
+//! **What an open room must bound.** Anyone can connect, so every convenience has a limit.
+//! The history a newcomer is replayed keeps at most `--history` lines and at most half a
+//! `--max-queue` of bytes (`history.rs`): the replay always fits in the newcomer's queue with
+//! room left for the live chat, so reading it never costs a connection, and long lines cannot
+//! grow the server however many lines `--history` asks for. `--idle-timeout` counts only a
+//! complete line with something in it as speaking: a byte without a newline, a blank line or a
+//! telnet NOP keeps nobody's slot. `--max-per-ip` keeps one host from taking every slot (this
+//! machine is exempt, so a class or a benchmark still can). A connection turned away, by it or
+//! by `--max-clients`, gets its notice, then our FIN, and its own bytes are read and dropped
+//! for a moment before the close, because closing over unread input resets the connection and
+//! can destroy the notice. No client can make the others see a notice the server did not
+//! send: the words that start notices are nobody's nickname, and a `/me` that would read as a
+//! join, a leave or a rename is refused. Ctrl-C, SIGTERM and SIGHUP (a closed terminal) all
+//! end the server the same way: `* server shutting down` to everyone, then exit.
 
 mod history;
 mod rate;
