@@ -60,6 +60,10 @@ pub fn addr_arg(input: &str) -> Result<SocketAddr, String> {
 
 /// A clap value parser for a whole number within `range`; anything else is refused at start-up
 /// with the range in the message, so no flag can overflow or panic later.
+///
+/// Give the flag `allow_negative_numbers = true` too: without it clap takes `-1` for an unknown
+/// option and answers "unexpected argument '-1' found", which names neither the flag nor the
+/// range.
 pub fn in_range<T>(range: RangeInclusive<T>) -> impl Fn(&str) -> Result<T, String> + Clone
 where
     T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy + Send + Sync + 'static,
@@ -81,17 +85,17 @@ where
 pub struct ConnectionLimits {
     /// Connections beyond this many get "* server full (N clients)" and are closed.
     #[arg(long, value_name = "N", default_value_t = MAX_CLIENTS_DEFAULT,
-          value_parser = in_range(MAX_CLIENTS_RANGE))]
+          value_parser = in_range(MAX_CLIENTS_RANGE), allow_negative_numbers = true)]
     pub max_clients: usize,
 
     /// Longest line accepted, in bytes, not counting its "\n" or "\r\n".
     #[arg(long, value_name = "BYTES", default_value_t = MAX_LINE_DEFAULT,
-          value_parser = in_range(MAX_LINE_RANGE))]
+          value_parser = in_range(MAX_LINE_RANGE), allow_negative_numbers = true)]
     pub max_line: usize,
 
     /// Connections one address may hold (0: no limit). 127.0.0.1 and ::1 are exempt.
     #[arg(long, value_name = "N", default_value_t = MAX_PER_IP_DEFAULT,
-          value_parser = in_range(MAX_PER_IP_RANGE))]
+          value_parser = in_range(MAX_PER_IP_RANGE), allow_negative_numbers = true)]
     pub max_per_ip: usize,
 }
 
@@ -100,7 +104,7 @@ pub struct ConnectionLimits {
 pub struct QueueLimit {
     /// Bytes that may wait to be sent to one client.
     #[arg(long, value_name = "BYTES", default_value_t = MAX_QUEUE_DEFAULT,
-          value_parser = in_range(MAX_QUEUE_RANGE))]
+          value_parser = in_range(MAX_QUEUE_RANGE), allow_negative_numbers = true)]
     pub max_queue: usize,
 }
 
@@ -109,7 +113,7 @@ pub struct QueueLimit {
 pub struct StallLimit {
     /// Disconnect a receiver whose full queue has held the room back this many ms in a row.
     #[arg(long, value_name = "MS", default_value_t = STALL_MS_DEFAULT,
-          value_parser = in_range(STALL_MS_RANGE))]
+          value_parser = in_range(STALL_MS_RANGE), allow_negative_numbers = true)]
     pub stall_ms: u64,
 }
 
@@ -118,7 +122,7 @@ pub struct StallLimit {
 pub struct AnnounceLimit {
     /// Joins and leaves are announced only while the room holds at most this many clients.
     #[arg(long, value_name = "N", default_value_t = ANNOUNCE_LIMIT_DEFAULT,
-          value_parser = in_range(ANNOUNCE_LIMIT_RANGE))]
+          value_parser = in_range(ANNOUNCE_LIMIT_RANGE), allow_negative_numbers = true)]
     pub announce_limit: usize,
 }
 
@@ -149,5 +153,38 @@ mod tests {
         assert!(error.contains("from 1 to 1048576"), "{error}");
         assert_eq!(in_range(MAX_PER_IP_RANGE)("0"), Ok(0));
         assert!(in_range(STALL_MS_RANGE)("0").is_err());
+    }
+
+    /// Every shared flag, as a server declares them.
+    #[derive(Debug, clap::Parser)]
+    struct EveryLimit {
+        #[command(flatten)]
+        connection: ConnectionLimits,
+        #[command(flatten)]
+        queue: QueueLimit,
+        #[command(flatten)]
+        stall: StallLimit,
+        #[command(flatten)]
+        announce: AnnounceLimit,
+    }
+
+    #[test]
+    fn a_negative_number_is_refused_with_the_flag_and_its_range() {
+        use clap::Parser;
+        for (flag, range) in [
+            ("--max-clients", "from 1 to"),
+            ("--max-line", "from 1 to"),
+            ("--max-per-ip", "from 0 to"),
+            ("--max-queue", "from 1 to"),
+            ("--stall-ms", "from 1 to"),
+            ("--announce-limit", "from 0 to"),
+        ] {
+            let error = EveryLimit::try_parse_from(["server", flag, "-1"]).unwrap_err();
+            let error = error.to_string();
+            assert!(
+                error.contains(flag) && error.contains(range),
+                "{flag}: {error}"
+            );
+        }
     }
 }
