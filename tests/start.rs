@@ -4,7 +4,7 @@
 use std::net::TcpListener;
 use std::process::Output;
 
-use sock_chat_tests::{server_tests, Server};
+use sock_chat_tests::{failed_start, server_tests, Server};
 
 server_tests! {
     [v1_threads, v2_select, v3_broadcast, v4_async] => {
@@ -52,7 +52,7 @@ fn port_zero_gives_each_server_its_own_free_port(server: Server) {
 fn unparsable_addr_exits_with_one_sentence_naming_it(server: Server) {
     for addr in ["127.0.0.1:99999", "no-port-here", "999.1.2.3:80"] {
         let output = server.start_expecting_failure(&["--addr", addr]);
-        let stderr = failure_text(&output);
+        let stderr = failed_start(&output);
         // clap may add its usage lines, but the error sentence comes first.
         let sentence = stderr
             .lines()
@@ -96,22 +96,9 @@ fn max_clients_turns_away_the_next_connection_and_keeps_serving(server: Server) 
     chat.expect_heard("still here");
 }
 
-/// What a failed start printed on stderr, after checking it failed without a panic.
-fn failure_text(output: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(
-        !output.status.success(),
-        "exit status {}: {stderr}",
-        output.status
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(!stderr.contains("RUST_BACKTRACE"), "{stderr}");
-    stderr
-}
-
 /// The one line a failed start printed on stderr.
 fn one_sentence(output: &Output) -> String {
-    let stderr = failure_text(output);
+    let stderr = failed_start(output);
     let lines: Vec<_> = stderr
         .lines()
         .filter(|line| !line.trim().is_empty())

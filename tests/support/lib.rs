@@ -389,7 +389,19 @@ impl Conversation {
     /// Connects one more client and returns it once the server has relayed (or echoed) a line
     /// from it. What it received on joining (v4's welcome) is left unread.
     pub fn add_client(&mut self) -> Client {
-        let mut client = Client::connect(self.addr);
+        let client = Client::connect(self.addr);
+        self.served(client)
+    }
+
+    /// Like [`Conversation::add_client`], connecting from the loopback address `source`
+    /// (`127.0.0.2`, say), which `--max-per-ip` counts.
+    pub fn add_client_from(&mut self, source: std::net::IpAddr) -> Client {
+        let client = Client::connect_from(self.addr, source);
+        self.served(client)
+    }
+
+    /// Returns `client` once the server has relayed (or echoed) a line from it.
+    fn served(&mut self, mut client: Client) -> Client {
         client.send_line(PROBE);
         let probe = chat_line(client.addr(), PROBE);
         match &mut self.observer {
@@ -627,4 +639,18 @@ fn socket_linger_zero(stream: &TcpStream) {
     socket2::SockRef::from(stream)
         .set_linger(Some(Duration::ZERO))
         .expect("set SO_LINGER");
+}
+
+/// What a server that had to refuse to start printed on stderr, after checking that it exited
+/// with a failure status and without a panic or a backtrace.
+pub fn failed_start(output: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !output.status.success(),
+        "exit status {}: {stderr}",
+        output.status
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("RUST_BACKTRACE"), "{stderr}");
+    stderr
 }
