@@ -16,22 +16,24 @@
 //!  -----------                      ------------------------------------------------------
 //!  accept() --> seat free? --yes--> spawn --> loop: read() -> framer -> log + echo -> write()
 //!     ^             |                         until EOF or error; then free the seat, close
-//!     |             no: "* server full", close
+//!     |             no: notice, shut down writing, spawn a short drain thread (see below)
 //!     +-------------+
 //! ```
 //!
-//! The only state the threads share is [`Clients`], the set of who is connected, behind a
-//! `Mutex`: the accept loop takes the lock to check `--max-clients` and claim a seat, a client
-//! thread takes it once more to give the seat back. The echo itself touches nothing shared.
+//! The only state the threads share is [`Clients`], who is connected and how many from each
+//! address, behind a `Mutex`: the accept loop takes the lock to check `--max-clients` and
+//! `--max-per-ip` and claim a seat, a client thread takes it once more to give the seat back.
+//! The echo itself touches nothing shared.
 //!
 //! ## What it costs
 //!
 //! - **One stack per client.** Each thread reserves [`CLIENT_STACK_SIZE`] of address space, of
-//!   which the kernel backs only the pages it touches: about 20-25 KiB of resident memory per
-//!   connected client (its stack, std's signal stack, thread-locals), plus a kernel task with
-//!   its own kernel stack. Thousands of idle clients fit; a hundred thousand do not, and the
-//!   kernel's thread limits (`ulimit -u`, a container's `pids.max`) usually bite before the
-//!   memory does. A refused spawn does not end the server: that one client is turned away.
+//!   which the kernel backs only the pages it touches: `docs/benchmarks/results.md` measures
+//!   13.8 KB of resident memory per idle client (its stack, std's signal stack,
+//!   thread-locals), plus a kernel task with its own kernel stack. Thousands of idle clients
+//!   fit; a hundred thousand do not, and the kernel's thread limits (`ulimit -u`, a
+//!   container's `pids.max`) usually bite before the memory does. A refused spawn does not
+//!   end the server: that one client is turned away.
 //! - **One context switch per wake-up.** Each line costs the kernel a switch into the client's
 //!   thread and back, a few microseconds that a single-threaded loop (v2) does not pay. With
 //!   thousands of busy clients the CPU spends a real share of its time switching, and every
@@ -39,15 +41,32 @@
 //! - **The lock.** Taking a free `Mutex` is an atomic instruction, some tens of nanoseconds.
 //!   When another thread holds it, the loser sleeps in the kernel (`futex`) and is woken later:
 //!   a system call and a context switch, microseconds. Here the lock is held for one hash-set
-//!   insert or remove, twice per connection and never per line, so it never shows up in a
-//!   measurement. It stops scaling where the state grows: a room (v3) would have every thread
-//!   take the lock for every line to reach the other clients' sockets, so the threads queue
-//!   behind one another, and one blocking `write` to a slow reader made under the lock would
-//!   stall the whole room. That is why v2 and v3 leave threads for a single `poll` loop.
-//! - **Blocking writes stall only their own client.** A client that sends but never reads fills
-//!   its socket buffers until the echo `write` blocks; that client's thread waits (holding its
-//!   seat), and every other client goes on being served. v1 needs no output queue and no
-//!   `--max-queue`; v2, with one thread for everyone, cannot afford to block and needs both.
+//!   insert or remove and one count per address, twice per connection and never per line, so
+//!   it never shows up in a measurement. It stops scaling where the state grows: a room (v3)
+//!   would have every thread take the lock for every line to reach the other clients'
+//!   sockets, so the threads queue behind one another, and one blocking `write` to a slow
+//!   reader made under the lock would stall the whole room. That is why v2 and v3 leave
+//!   threads for a single `poll` loop.
+//! - **The blocking write is the backpressure.** A client that sends faster than it reads its
+//!   echoes fills its socket buffers until the echo `write` blocks. While its thread waits
+//!   there it does not read, so the client's next lines stay in the kernel; once that buffer
+//!   is full TCP stops the client's own `send`. The client goes at the speed it reads,
+//!   nothing is dropped, and one that never reads just waits, holding its seat and its
+//!   thread, while every other client goes on being served. v1 needs no output queue and no
+//!   `--max-queue` for this; v2, with one thread for everyone, cannot afford to block and
+//!   builds the same backpressure from an outbox and `poll`.
+//!
+//! ## Turning a connection away
+//!
+//! A connection beyond `--max-clients`, or from an address that already holds `--max-per-ip`
+//! (127.0.0.1 and ::1 are exempt), gets one notice and is closed, before any client thread
+//! exists. Closing at once would often destroy the notice: a client that spoke first (telnet
+//! users do) has input the server never read, and closing a socket with unread input makes the
+//! kernel send a reset, which throws away what the client had not read yet. So the write side
+//! is shut down after the notice, and a short-lived thread reads and drops what the client
+//! still sends until it closes or [`CLOSE_DRAIN`] passes; the accept loop never waits for it.
+//! At most [`MAX_DRAINING`] such threads run at once, so refused connections cannot cost the
+//! threads that `--max-clients` bounds.
 //!
 //! ## What changed since the Python original
 //!
@@ -55,19 +74,23 @@
 //! `recv` returning nothing: here end of file ends the thread, after the last line (even one
 //! without `\n`) has been delivered. Beyond that fix, v1 gains what every version now shares:
 //! lines framed on `\n` whatever the `recv` boundaries, overlong lines refused without being
-//! buffered, control characters stripped before anything is logged or echoed, and
-//! `--max-clients` to bound the number of threads.
+//! buffered, control characters stripped before anything is logged or echoed, `--max-clients`
+//! to bound the number of threads, and `--max-per-ip` so that one host cannot take them all.
 
 use std::collections::HashSet;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chat_protocol::cli::{addr_arg, ConnectionLimits, V1_ADDR_DEFAULT};
 use chat_protocol::framing::{Frame, LineFramer};
-use chat_protocol::message::{line_too_long, push_chat_line, server_full, wire, CRLF};
+use chat_protocol::limits::PerIp;
+use chat_protocol::message::{
+    line_too_long, push_chat_line, server_full, too_many_from_address, wire, CRLF,
+};
 use chat_protocol::startup::{
     bind_listener, exit_with, init_logging, log_listening, raise_fd_limit,
 };
@@ -92,6 +115,25 @@ const READ_BUFFER_SIZE: usize = 4 * 1024;
 /// usual one; retrying at once would spin a core without freeing any, while a short pause lets
 /// clients disconnect and give descriptors back.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How long a turned-away connection is drained after its last notice before it is closed.
+/// Closing a socket while input from the client is still unread makes the kernel answer with
+/// a reset instead of an orderly close, and a reset destroys whatever the client has not read
+/// yet: the notice. A client that reads sees the notice and the end of the stream within a
+/// round trip and closes (telnet and nc do), which ends the drain long before this; one that
+/// goes on sending is closed anyway once its notice has had two seconds to arrive.
+const CLOSE_DRAIN: Duration = Duration::from_secs(2);
+
+/// Most turned-away connections drained at once, each by a short-lived thread of its own so
+/// that the accept loop never waits. Bounded because `--max-clients` exists to bound the
+/// threads: without this, a storm of refused connections would cost a thread each. Beyond
+/// it, a connection is closed at once after its notice, as if no drain existed (the notice
+/// usually still arrives; a reset may destroy it).
+const MAX_DRAINING: usize = 64;
+
+/// Bytes read per `read` while draining a turned-away connection: they are thrown away, so a
+/// small buffer on the drain thread's small stack will do.
+const DRAIN_BUFFER_SIZE: usize = 1024;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -119,12 +161,14 @@ fn main() {
 fn run(cli: &Cli) -> anyhow::Result<()> {
     let listener = bind_listener(cli.addr)?;
     log_listening(SERVER_NAME, &listener)?;
-    let clients = Arc::new(Clients::new(cli.limits.max_clients));
-    accept_loop(&listener, &clients, cli.limits.max_line)
+    let limits = &cli.limits;
+    let clients = Arc::new(Clients::new(limits.max_clients, limits.max_per_ip));
+    accept_loop(&listener, &clients, limits.max_line)
 }
 
 /// Accepts connections forever, handing each one to a thread of its own.
 fn accept_loop(listener: &TcpListener, clients: &Arc<Clients>, max_line: usize) -> ! {
+    let draining = Arc::new(Draining::default());
     loop {
         let (stream, addr) = match listener.accept() {
             Ok(accepted) => accepted,
@@ -150,18 +194,15 @@ fn accept_loop(listener: &TcpListener, clients: &Arc<Clients>, max_line: usize) 
         if let Err(error) = stream.set_nodelay(true) {
             debug!("{addr}: cannot set TCP_NODELAY: {error}");
         }
-        // Refused here, before a thread exists: a flood beyond --max-clients costs no threads.
-        let Some(seat) = clients.join(addr) else {
-            warn!("{addr} refused: server full ({} clients)", clients.max);
-            // A fresh socket's send buffer is empty, so this short write cannot block the loop.
-            let _ = (&stream).write_all(&wire(&server_full(clients.max)));
-            // Closing a socket with unread input makes the kernel send a reset, which can
-            // destroy the notice before the client reads it (telnet speaks first): read, without
-            // waiting, whatever already came.
-            if stream.set_nonblocking(true).is_ok() {
-                let _ = (&stream).read(&mut [0u8; 1024]);
+        // Refused here, before a client thread exists: a flood beyond --max-clients or
+        // --max-per-ip costs no client threads.
+        let seat = match clients.join(addr) {
+            Ok(seat) => seat,
+            Err(notice) => {
+                warn!("{addr} turned away: {notice}");
+                turn_away(stream, addr, &notice, &draining);
+                continue;
             }
-            continue;
         };
         let spawned = thread::Builder::new()
             .name(format!("client-{addr}"))
@@ -175,6 +216,57 @@ fn accept_loop(listener: &TcpListener, clients: &Arc<Clients>, max_line: usize) 
         }
         // The JoinHandle is dropped: the thread detaches, and ends on its own when its client
         // goes away. Nothing ever needs to wait for it.
+    }
+}
+
+/// Tells a refused connection why, and closes it so that the notice arrives (SPEC 4): the
+/// write side is shut down after the notice, and a thread of its own reads and drops what the
+/// client still sends until it closes or [`CLOSE_DRAIN`] passes, so that the close never
+/// leaves input unread.
+fn turn_away(stream: TcpStream, addr: SocketAddr, notice: &str, draining: &Arc<Draining>) {
+    // A fresh socket's send buffer is empty, so this short write cannot block the loop.
+    let _ = (&stream).write_all(&wire(notice));
+    // The client reads the notice, then end of file.
+    let _ = stream.shutdown(Shutdown::Write);
+    let Some(slot) = draining.claim() else {
+        // No drain to spare: at least read, without waiting, what already came (telnet, for
+        // one, speaks first), which is what most often turns the close into a reset.
+        if stream.set_nonblocking(true).is_ok() {
+            let _ = (&stream).read(&mut [0u8; DRAIN_BUFFER_SIZE]);
+        }
+        return;
+    };
+    let spawned = thread::Builder::new()
+        .name(format!("drain-{addr}"))
+        .stack_size(CLIENT_STACK_SIZE)
+        .spawn(move || {
+            drain(&stream);
+            drop(slot);
+        });
+    // Without a thread, the closure is dropped: the socket closes at once, the slot is freed.
+    if let Err(error) = spawned {
+        debug!("{addr}: cannot start a thread to drain it: {error}");
+    }
+}
+
+/// Reads and drops what a turned-away client sends until it closes, fails, or
+/// [`CLOSE_DRAIN`] has passed.
+fn drain(mut stream: &TcpStream) {
+    let until = Instant::now() + CLOSE_DRAIN;
+    let mut buffer = [0u8; DRAIN_BUFFER_SIZE];
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        // A zero timeout would mean "wait forever" to the kernel; std refuses it.
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut buffer) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(error) if error.kind() == ErrorKind::Interrupted => {}
+            // Timed out, or the connection failed: either way, nothing more to wait for.
+            Err(_) => return,
+        }
     }
 }
 
@@ -249,34 +341,50 @@ fn reply(frame: Frame<'_>, name: &str, max_line: usize, out: &mut String) {
 struct Clients {
     /// `--max-clients`.
     max: usize,
-    online: Mutex<HashSet<SocketAddr>>,
+    online: Mutex<Online>,
+}
+
+/// What [`Clients`] guards.
+#[derive(Debug)]
+struct Online {
+    addrs: HashSet<SocketAddr>,
+    /// Connections per address, for `--max-per-ip`.
+    per_ip: PerIp,
 }
 
 impl Clients {
-    fn new(max: usize) -> Self {
+    fn new(max: usize, max_per_ip: usize) -> Self {
         Self {
             max,
-            online: Mutex::new(HashSet::new()),
+            online: Mutex::new(Online {
+                addrs: HashSet::new(),
+                per_ip: PerIp::new(max_per_ip),
+            }),
         }
     }
 
-    /// Claims a seat for `addr`, or `None` when all `max` are taken. Checking and claiming under
-    /// one lock is what makes the limit exact: two threads cannot both take the last seat.
-    fn join(self: &Arc<Self>, addr: SocketAddr) -> Option<Seat> {
+    /// Claims a seat for `addr`, or returns the notice that refuses it: all `max` seats are
+    /// taken, or its address holds `--max-per-ip` already. Checking and claiming under one lock
+    /// is what makes the limits exact: two threads cannot both take the last seat.
+    fn join(self: &Arc<Self>, addr: SocketAddr) -> Result<Seat, String> {
         let mut online = self.lock();
-        if online.len() >= self.max {
-            return None;
+        if online.addrs.len() >= self.max {
+            return Err(server_full(self.max));
         }
-        online.insert(addr);
-        Some(Seat {
+        if !online.per_ip.try_add(addr.ip()) {
+            return Err(too_many_from_address(online.per_ip.max()));
+        }
+        online.addrs.insert(addr);
+        Ok(Seat {
             clients: Arc::clone(self),
             addr,
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashSet<SocketAddr>> {
-        // A thread that panicked while holding the lock cannot have left the set half-changed
-        // (every change is a single insert or remove), so its poison is safe to ignore.
+    fn lock(&self) -> MutexGuard<'_, Online> {
+        // Nothing that runs under the lock can panic but an allocation failure, which aborts;
+        // were a thread to panic there anyway, a seat miscounted by one is better than every
+        // later connection panicking on the poison.
         self.online.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -291,6 +399,36 @@ struct Seat {
 
 impl Drop for Seat {
     fn drop(&mut self) {
-        self.clients.lock().remove(&self.addr);
+        let mut online = self.clients.lock();
+        online.addrs.remove(&self.addr);
+        online.per_ip.remove(self.addr.ip());
+    }
+}
+
+/// How many turned-away connections are being drained now; see [`MAX_DRAINING`]. Only the
+/// accept loop claims, and each drain thread gives its claim back, so a counter will do.
+#[derive(Debug, Default)]
+struct Draining(AtomicUsize);
+
+impl Draining {
+    /// Claims one of the [`MAX_DRAINING`] drains, or `None` when all are running.
+    fn claim(self: &Arc<Self>) -> Option<DrainSlot> {
+        self.0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |running| {
+                (running < MAX_DRAINING).then_some(running + 1)
+            })
+            .ok()
+            .map(|_| DrainSlot(Arc::clone(self)))
+    }
+}
+
+/// A claimed drain; dropping it gives the claim back, whether the drain ran or its thread
+/// never started.
+#[derive(Debug)]
+struct DrainSlot(Arc<Draining>);
+
+impl Drop for DrainSlot {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::Relaxed);
     }
 }
