@@ -18,12 +18,15 @@
 //! ```text
 //!     +-------------------------------------------------------------------+
 //!     v                                                                   |
-//!   poll(listener, every client)      sleeps until some socket is ready   |
+//!   poll(listener, every client, the closing)   sleeps until one is ready |
+//!     |       a client is asked for input only while its outbox has room  |
 //!     |                                                                   |
 //!     +-> client writable: write what its outbox holds ------------------>+
-//!     +-> client readable: read one chunk -> framer -> lines              |
-//!     |     -> log, echo: write now, queue what the socket refused ------>+
-//!     +-> listener ready:  accept until WouldBlock (a batch at most) ---->+
+//!     +-> client readable: read what its outbox has room to answer        |
+//!     |     -> framer -> lines -> log, echo: write now, queue the rest -->+
+//!     +-> closing readable: read and drop; closed at end of file -------->+
+//!     +-> listener ready:  accept until WouldBlock (a batch at most)      |
+//!           full, or too many from that address: notice, then closing --->+
 //! ```
 //!
 //! ## Why `poll` and not `select`
@@ -36,23 +39,56 @@
 //! Both cost the same per call: the kernel looks at every descriptor on every turn. That
 //! linear cost is what `epoll`, and tokio in v4, remove.
 //!
-//! ## Writes that never block
+//! ## Backpressure: the same as v1, without a thread per client
 //!
-//! Even an echo can meet a full socket: a client that sends without reading fills its socket
-//! buffer, and a blocking `write` would freeze the whole loop. So each client has an outbox.
-//! A reply is written at once when nothing is queued (the usual case, so most writes never
-//! need `POLLOUT`); what the kernel does not take waits in the outbox, and the client is polled
-//! for `POLLOUT` only while its outbox is non-empty (polling an always-writable socket for
-//! `POLLOUT` would wake the loop on every turn). The outbox is bounded by `--max-queue`: a
-//! client whose socket takes nothing while its outbox is full does not read, and it is
-//! disconnected with `* error: too slow, disconnected` if that still fits.
+//! A client may send faster than it reads its echoes: a script pasting a file, a phone on a
+//! slow link. v1 copes without trying: its thread blocks in `write` until the client makes
+//! room, and while it waits it does not read, so the client's bytes pile up in the kernel
+//! until TCP's window closes and the client's own `send` blocks. Nothing is lost; the client
+//! just goes at the speed it reads. A poll loop must not block, so v2 builds the same thing
+//! from two parts:
+//!
+//! - **An outbox per client.** A reply is written at once when nothing is queued (the usual
+//!   case, so most writes never need `POLLOUT`); what the kernel does not take waits in the
+//!   outbox, and the client is polled for `POLLOUT` only while its outbox is non-empty
+//!   (polling an always-writable socket for `POLLOUT` would wake the loop on every turn).
+//! - **`POLLIN` only while the outbox has room.** The loop asks `poll` for a client's input
+//!   only while its outbox can take what the next read may become, and reads no more than
+//!   that. An echo can be far larger than what was read: `a\n` becomes
+//!   `127.0.0.1:52344 says: a\r\n`, twelve times as long, and an invalid byte grows three-fold
+//!   when it becomes U+FFFD, so [`reply_bound`] says how much a read may become and
+//!   [`Client::readable`] how much may be read. While a client's echoes wait, the loop leaves
+//!   its input in the kernel; once the socket's receive buffer is full, the kernel advertises
+//!   a zero window and TCP stops the sender, exactly as it does for v1's blocked thread.
+//!
+//! So the outbox never passes `--max-queue` (unless that is set below one long line's echo;
+//! see [`MIN_READ`]), nothing is dropped, and a client that reads at any speed gets every
+//! echo in order. The trade-off is the same as v1's: a client that never
+//! reads keeps its connection, its socket buffers and up to `--max-queue` of outbox for as
+//! long as it stays, and is never disconnected as too slow: it holds nobody else back (an
+//! echo has no other receivers; contrast v3's room, which must give up on a stalled reader),
+//! and what it may cost is bounded by `--max-queue`, `--max-clients` and `--max-per-ip`.
+//! What v2 pays that v1 does not is bookkeeping: the loop must work out, per client and per
+//! turn, how much it may read.
+//!
+//! ## Turning a connection away
+//!
+//! A connection beyond `--max-clients`, or from an address that already holds `--max-per-ip`
+//! (127.0.0.1 and ::1 are exempt), gets one notice (`* server full (1024 clients)`,
+//! `* error: too many connections from your address (max 64)`) and is closed. Closing at once
+//! would often destroy the notice: a client that spoke first (telnet users do) has input the
+//! server never read, and closing a socket with unread input makes the kernel send a reset,
+//! which throws away what the client had not read yet. So the write side is shut down after
+//! the notice and the socket joins the *closing* list, polled like a client: whatever arrives
+//! is read and dropped until the client closes, or [`CLOSE_DRAIN`] passes. Nothing waits for
+//! it, and at most [`MAX_CLOSING`] are drained at once.
 //!
 //! ## What it costs
 //!
 //! One thread and a few hundred bytes per idle client (a table slot, its name, an empty framer
-//! and an empty, unallocated outbox); the kernel keeps the socket buffers. Every turn rebuilds
-//! the `poll` array and the kernel scans all of it, so a turn costs O(clients) even when one
-//! client is busy: with 10 000 clients, a few milliseconds per turn on a 2-core VM. And
+//! and an empty, unallocated outbox; `docs/benchmarks/results.md` measures 161 B per idle
+//! connection); the kernel keeps the socket buffers. Every turn rebuilds the `poll` array and
+//! the kernel scans all of it, so a turn costs O(clients) even when one client is busy. And
 //! everything runs on one core: any slow step in the loop delays everyone.
 //!
 //! ## Since v1, and what the Python original got wrong
@@ -60,22 +96,26 @@
 //! v1 gave each client a thread that blocks; here no thread ever blocks, so a thousand clients
 //! cost a thousand table slots instead of a thousand stacks, and the state needs no lock. The
 //! price is that the code must remember, per client, what the stack of a v1 thread remembered:
-//! the unfinished line (the framer) and the unsent bytes (the outbox).
+//! the unfinished line (the framer) and the unsent bytes (the outbox), and must decide itself
+//! when to stop reading a client, which v1's blocked thread did by just waiting.
 //!
 //! The Python original was built on `select()`, so it inherited the `FD_SETSIZE` ceiling
 //! above, and it wrote with a plain `send` inside the loop. On a socket that is full, that
 //! either blocks the only thread (a blocking socket: everyone waits for one client) or sends
-//! only part of the line and drops the rest (a non-blocking one). The outbox fixes both;
-//! v3-broadcast shows what the blocking `send` did to a room.
+//! only part of the line and drops the rest (a non-blocking one). The outbox and the `POLLIN`
+//! rule fix both; v3-broadcast shows what the blocking `send` did to a room.
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chat_protocol::cli::{addr_arg, ConnectionLimits, QueueLimit, V2_ADDR_DEFAULT};
-use chat_protocol::message::{line_too_long, push_chat_line, server_full, wire, CRLF, TOO_SLOW};
+use chat_protocol::limits::PerIp;
+use chat_protocol::message::{
+    line_too_long, push_chat_line, relayed_bound, server_full, too_many_from_address, wire, CRLF,
+};
 use chat_protocol::startup::{
     bind_listener, exit_with, init_logging, log_listening, raise_fd_limit, LISTEN_BACKLOG,
 };
@@ -86,10 +126,17 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tracing::{debug, info, warn};
 
 /// Most bytes read from one client in one turn. Bounded so that a client that floods cannot
-/// keep the loop from the others, and so that what one read produces is handed on before the
-/// next read: the server never takes in more than it can pass on. 16 KiB is a few hundred chat
-/// lines, and about what the kernel hands over per wake-up anyway.
+/// keep the loop from the others. 16 KiB is a few hundred chat lines, and about what the
+/// kernel hands over per wake-up anyway. A read is smaller when the client's outbox has less
+/// room than 16 KiB can become (see [`reply_bound`]).
 const READ_CHUNK: usize = 16 * 1024;
+
+/// What an empty outbox always has room for: the replies to this many more bytes, even when
+/// `--max-queue` is smaller than that. Without it, a `--max-queue` smaller than the echo of one
+/// long line would never let the line's last bytes be read, and the client would be stuck
+/// for good. With the default flags it changes nothing: one line's echo and the replies to
+/// 1 KiB are far under 256 KiB.
+const MIN_READ: usize = 1024;
 
 /// Most connections accepted in one turn: as many as the kernel's accept queue holds
 /// ([`LISTEN_BACKLOG`]), so that one turn can empty a full queue. Every turn costs a `poll` over
@@ -106,6 +153,20 @@ const ACCEPT_BATCH: usize = LISTEN_BACKLOG as usize;
 /// The connection that failed stays in the backlog, so polling the listener again at once would
 /// report it ready and spin; meanwhile the clients already here are served as usual.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How long a turned-away connection is drained after its last notice before it is closed.
+/// Closing a socket while input from the client is still unread makes the kernel answer with
+/// a reset instead of an orderly close, and a reset destroys whatever the client has not read
+/// yet: the notice. A client that reads sees the notice and the end of the stream within a
+/// round trip and closes (telnet and nc do), which ends the drain long before this; one that
+/// goes on sending is closed anyway once its notice has had two seconds to arrive.
+const CLOSE_DRAIN: Duration = Duration::from_secs(2);
+
+/// Most turned-away connections drained at once. Each holds a descriptor and a `poll` entry
+/// for up to [`CLOSE_DRAIN`]; a storm of refused connections beyond this many is closed at
+/// once after the notice, as if no drain existed (the notice usually still arrives, a reset
+/// may destroy it), so the storm cannot take the descriptors that clients need.
+const MAX_CLOSING: usize = 256;
 
 /// sock-chat v2: one thread, a poll(2) loop, every line echoed to its sender.
 #[derive(Debug, Parser)]
@@ -155,6 +216,12 @@ struct Server {
     max_clients: usize,
     max_line: usize,
     max_queue: usize,
+    /// Connections held per address: what `--max-per-ip` limits.
+    per_ip: PerIp,
+    /// `* error: line too long (max N bytes)\r\n`, formatted once.
+    too_long: String,
+    /// Turned-away connections whose last notice is on its way; see [`Closing`].
+    closing: Vec<Closing>,
     /// Set after an accept error: the listener is not polled until then (see [`ACCEPT_BACKOFF`]).
     accept_paused_until: Option<Instant>,
     /// The one read buffer. Each read is framed and echoed before the next, so one buffer
@@ -165,6 +232,8 @@ struct Server {
     reply: String,
     /// The clients that `poll` reported this turn, with their events; reused.
     ready: Vec<(usize, PollFlags)>,
+    /// Which of `closing` `poll` reported this turn, in the same order; reused.
+    closing_ready: Vec<bool>,
 }
 
 /// One connection, and what the loop must remember about it between turns: where v1 kept
@@ -172,6 +241,8 @@ struct Server {
 #[derive(Debug)]
 struct Client {
     stream: TcpStream,
+    /// The address it connects from, as `--max-per-ip` counts it.
+    ip: IpAddr,
     /// The socket address as Rust prints it (`127.0.0.1:52344`): its name in the log and echo.
     name: String,
     /// The start of a line whose `\n` has not arrived yet.
@@ -182,13 +253,21 @@ struct Client {
     reading: bool,
 }
 
+/// A connection turned away with a last notice (SPEC 4): the notice is sent and the write side
+/// shut down at once, then whatever the client still sends is read and dropped until it
+/// closes or [`CLOSE_DRAIN`] passes, so that closing never leaves input unread.
+#[derive(Debug)]
+struct Closing {
+    stream: TcpStream,
+    /// When the drain gives up and closes the socket anyway.
+    until: Instant,
+}
+
 /// Why a client's connection is closed.
 #[derive(Debug)]
 enum Close {
     /// It half-closed and everything queued for it was sent.
     Finished,
-    /// Its outbox is full and its socket takes nothing: it does not read.
-    TooSlow,
     /// The socket failed: a reset, a broken pipe.
     Broken(io::Error),
 }
@@ -203,14 +282,18 @@ impl Server {
             max_clients: cli.limits.max_clients,
             max_line: cli.limits.max_line,
             max_queue: cli.queue.max_queue,
+            per_ip: PerIp::new(cli.limits.max_per_ip),
+            too_long: line_too_long(cli.limits.max_line) + CRLF,
+            closing: Vec::new(),
             accept_paused_until: None,
             read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
             reply: String::new(),
             ready: Vec::new(),
+            closing_ready: Vec::new(),
         }
     }
 
-    /// The loop: wait, serve the ready clients, accept newcomers, forever.
+    /// The loop: wait, serve the ready clients, drain the closing, accept newcomers, forever.
     fn run(&mut self) -> anyhow::Result<()> {
         loop {
             let listener_ready = match self.wait() {
@@ -223,6 +306,8 @@ impl Server {
                 let (token, events) = self.ready[i];
                 self.serve(token, events);
             }
+            // Before accepting, while `closing_ready` still lines up with `closing`.
+            self.drain_closing();
             // Accepting after serving means a slot freed this turn is reused only once the
             // turn's `ready` list is done with it.
             if listener_ready {
@@ -231,34 +316,46 @@ impl Server {
         }
     }
 
-    /// Sleeps in `poll(2)` until a socket is ready, then fills `ready`. Returns whether the
+    /// Sleeps in `poll(2)` until a socket is ready or a deadline comes (the end of an accept
+    /// pause or of a drain), then fills `ready` and `closing_ready`. Returns whether the
     /// listener has connections waiting.
     fn wait(&mut self) -> Result<bool, Errno> {
-        let timeout = match self.accept_paused_until {
-            Some(until) if Instant::now() < until => {
-                // Sleep no longer than the pause, rounding up so we do not wake a hair early.
-                let millis = until.duration_since(Instant::now()).as_millis() + 1;
+        let now = Instant::now();
+        if self.accept_paused_until.is_some_and(|until| until <= now) {
+            self.accept_paused_until = None;
+        }
+        let accepting = self.accept_paused_until.is_none();
+        let deadline = self
+            .closing
+            .iter()
+            .map(|closing| closing.until)
+            .chain(self.accept_paused_until)
+            .min();
+        let timeout = match deadline {
+            // Rounded up, so that we do not wake a hair early and go straight back to sleep.
+            Some(deadline) => {
+                let millis = deadline.saturating_duration_since(now).as_millis() + 1;
                 PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX)
             }
-            _ => {
-                self.accept_paused_until = None;
-                PollTimeout::NONE
-            }
+            None => PollTimeout::NONE,
         };
-        let accepting = self.accept_paused_until.is_none();
 
         // The array borrows every socket, so it lives only for this call; `ready` remembers
         // which token each entry stood for.
-        let mut fds = Vec::with_capacity(self.connected + 1);
+        let mut fds = Vec::with_capacity(1 + self.connected + self.closing.len());
         if accepting {
             fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
         }
         self.ready.clear();
         for (token, slot) in self.clients.iter().enumerate() {
             if let Some(client) = slot {
-                fds.push(PollFd::new(client.stream.as_fd(), client.interest()));
+                let interest = client.interest(self.max_queue, self.too_long.len());
+                fds.push(PollFd::new(client.stream.as_fd(), interest));
                 self.ready.push((token, PollFlags::empty()));
             }
+        }
+        for closing in &self.closing {
+            fds.push(PollFd::new(closing.stream.as_fd(), PollFlags::POLLIN));
         }
 
         poll(&mut fds, timeout)?;
@@ -269,10 +366,13 @@ impl Server {
                 .unwrap_or(PollFlags::POLLIN | PollFlags::POLLOUT)
         });
         let listener_ready = accepting && reported.next().is_some_and(|events| !events.is_empty());
-        for ((_, events), revents) in self.ready.iter_mut().zip(reported) {
+        for ((_, events), revents) in self.ready.iter_mut().zip(&mut reported) {
             *events = revents;
         }
         self.ready.retain(|(_, events)| !events.is_empty());
+        self.closing_ready.clear();
+        self.closing_ready
+            .extend(reported.map(|events| !events.is_empty()));
         Ok(listener_ready)
     }
 
@@ -281,13 +381,14 @@ impl Server {
         let Some(client) = self.clients[token].as_mut() else {
             return;
         };
-        if events.contains(PollFlags::POLLOUT) {
+        // An error or hang-up is reported even when not asked for. With echoes waiting, the
+        // write reports it; with none, the read below does.
+        if events.intersects(PollFlags::POLLOUT | PollFlags::POLLERR | PollFlags::POLLHUP) {
             if let Err(close) = client.outbox.flush(&client.stream) {
                 return self.close(token, close);
             }
         }
         if client.reading {
-            // A reset or hang-up shows up as POLLERR/POLLHUP; the read then reports it.
             if events.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
                 self.read_and_echo(token);
             }
@@ -300,15 +401,22 @@ impl Server {
         }
     }
 
-    /// Reads one chunk from a client and echoes every line in it back to that client.
+    /// Reads from a client as much as its outbox has room to answer, and echoes every line in
+    /// it back to that client.
     fn read_and_echo(&mut self, token: usize) {
         let Some(client) = self.clients[token].as_mut() else {
             return;
         };
-        let (reply, max_line) = (&mut self.reply, self.max_line);
+        let room = client.readable(self.max_queue, self.too_long.len());
+        if room == 0 {
+            // Its echoes fill the outbox (`poll` reported a hang-up, not input): read once
+            // they are sent.
+            return;
+        }
+        let (reply, too_long) = (&mut self.reply, self.too_long.as_str());
         reply.clear();
-        let on_frame = |frame: Frame<'_>| echo(reply, &client.name, frame, max_line);
-        match read_some(&client.stream, &mut self.read_buf) {
+        let on_frame = |frame: Frame<'_>| echo(reply, &client.name, frame, too_long);
+        match read_some(&client.stream, &mut self.read_buf[..room]) {
             Ok(0) => {
                 // End of file: the client half-closed. Its last line may lack a `\n`.
                 client.framer.finish(on_frame);
@@ -321,12 +429,36 @@ impl Server {
         }
         let reply = self.reply.as_bytes();
         if !reply.is_empty() {
-            if let Err(close) = client.outbox.send(&client.stream, reply, self.max_queue) {
+            if let Err(close) = client.outbox.send(&client.stream, reply) {
                 return self.close(token, close);
             }
         }
         if !client.reading && client.outbox.is_empty() {
             self.close(token, Close::Finished);
+        }
+    }
+
+    /// Reads and drops what turned-away connections still send; closes each one once it has
+    /// closed its side, failed, or had its [`CLOSE_DRAIN`].
+    fn drain_closing(&mut self) {
+        let now = Instant::now();
+        // Backwards, so that `swap_remove` moves only entries already looked at.
+        for i in (0..self.closing.len()).rev() {
+            let closing = &self.closing[i];
+            let done = if self.closing_ready.get(i) == Some(&true) {
+                // One chunk per turn, like a client: a sender cannot keep the loop here.
+                match read_some(&closing.stream, &mut self.read_buf) {
+                    Ok(0) => true,
+                    Ok(_) => false,
+                    Err(error) => error.kind() != ErrorKind::WouldBlock,
+                }
+            } else {
+                false
+            };
+            if done || closing.until <= now {
+                // Dropping it closes the descriptor.
+                self.closing.swap_remove(i);
+            }
         }
     }
 
@@ -353,7 +485,8 @@ impl Server {
         }
     }
 
-    /// Gives a new connection a slot, or turns it away if the server is full.
+    /// Gives a new connection a slot, or turns it away if the server is full or its address
+    /// holds `--max-per-ip` connections already.
     fn admit(&mut self, stream: TcpStream, addr: SocketAddr) {
         // Accepted sockets do not inherit O_NONBLOCK from the listener on Linux.
         if let Err(error) = stream.set_nonblocking(true) {
@@ -365,10 +498,15 @@ impl Server {
         let _ = stream.set_nodelay(true);
         if self.connected >= self.max_clients {
             info!("{addr} turned away: server full");
-            return turn_away(stream, self.max_clients, &mut self.read_buf);
+            return self.turn_away(stream, &server_full(self.max_clients));
+        }
+        if !self.per_ip.try_add(addr.ip()) {
+            info!("{addr} turned away: too many connections from its address");
+            return self.turn_away(stream, &too_many_from_address(self.per_ip.max()));
         }
         let client = Client {
             stream,
+            ip: addr.ip(),
             name: addr.to_string(),
             framer: LineFramer::new(self.max_line),
             outbox: Outbox::default(),
@@ -382,6 +520,23 @@ impl Server {
         self.connected += 1;
     }
 
+    /// Tells a refused connection why, and closes it so that the notice arrives: write side
+    /// shut down after the notice, the rest drained (see [`Closing`]).
+    fn turn_away(&mut self, stream: TcpStream, notice: &str) {
+        // A fresh socket's send buffer is empty: the notice fits.
+        let _ = write_some(&stream, &wire(notice));
+        // The client reads the notice, then end of file.
+        let _ = stream.shutdown(Shutdown::Write);
+        if self.closing.len() < MAX_CLOSING {
+            let until = Instant::now() + CLOSE_DRAIN;
+            self.closing.push(Closing { stream, until });
+        } else {
+            // No room to drain: at least read what already came (telnet, for one, speaks
+            // first), which is what most often turns the close into a reset.
+            let _ = read_some(&stream, &mut self.read_buf);
+        }
+    }
+
     /// Closes a client's socket and frees its slot.
     fn close(&mut self, token: usize, close: Close) {
         let Some(client) = self.clients[token].take() else {
@@ -389,18 +544,9 @@ impl Server {
         };
         self.free.push(token);
         self.connected -= 1;
-        match close {
-            Close::Finished => {}
-            Close::TooSlow => {
-                warn!(
-                    "{} is too slow: its socket is full and its outbox would pass {} bytes; \
-                     disconnecting it",
-                    client.name, self.max_queue
-                );
-                // Once, without waiting: it goes whether the notice fits or not.
-                let _ = write_some(&client.stream, &wire(TOO_SLOW));
-            }
-            Close::Broken(error) => debug!("{}: {error}", client.name),
+        self.per_ip.remove(client.ip);
+        if let Close::Broken(error) = close {
+            debug!("{}: {error}", client.name);
         }
         info!("{} disconnected", client.name);
         // Dropping `client` closes its descriptor.
@@ -408,11 +554,14 @@ impl Server {
 }
 
 impl Client {
-    /// What to ask `poll` about this client. `POLLOUT` only while something waits to be
-    /// written: an idle socket is always writable and would wake the loop on every turn.
-    fn interest(&self) -> PollFlags {
+    /// What to ask `poll` about this client. `POLLIN` only while its outbox has room for what
+    /// a read can become: that is the backpressure. `POLLOUT` only while something waits to
+    /// be written: an idle socket is always writable and would wake the loop on every turn.
+    fn interest(&self, max_queue: usize, too_long_len: usize) -> PollFlags {
         let mut events = PollFlags::empty();
-        if self.reading {
+        // An empty outbox always has room for a read (see `readable`): the usual case, and
+        // no arithmetic.
+        if self.reading && (self.outbox.is_empty() || self.readable(max_queue, too_long_len) > 0) {
             events |= PollFlags::POLLIN;
         }
         if !self.outbox.is_empty() {
@@ -420,11 +569,59 @@ impl Client {
         }
         events
     }
+
+    /// How many bytes may be read from this client now: the most whose replies are sure to
+    /// fit in what its outbox has left of `max_queue` (at most [`READ_CHUNK`]; 0 while its
+    /// echoes fill the outbox).
+    fn readable(&self, max_queue: usize, too_long_len: usize) -> usize {
+        let held = self.framer.buffered();
+        let max_line = self.framer.max_line();
+        let bound = |input| reply_bound(self.name.len(), max_line, too_long_len, held, input);
+        let room = max_queue
+            .max(bound(MIN_READ))
+            .saturating_sub(self.outbox.len());
+        if bound(READ_CHUNK) <= room {
+            return READ_CHUNK;
+        }
+        // The bound grows with the input: find the largest input that fits, by bisection.
+        let (mut fits, mut too_much) = (0, READ_CHUNK);
+        while too_much - fits > 1 {
+            let middle = fits + (too_much - fits) / 2;
+            if bound(middle) <= room {
+                fits = middle;
+            } else {
+                too_much = middle;
+            }
+        }
+        fits
+    }
+}
+
+/// At most how many bytes of replies a client named with `name_len` bytes can get from
+/// `input` more bytes, when its framer holds `held` bytes of an unfinished line, lines are
+/// limited to `max_line` bytes and the too-long notice is `too_long_len` bytes.
+///
+/// The held bytes contain no `\n`, so they belong to one line, whose text is at most three
+/// times as long once sanitised (an invalid byte becomes U+FFFD's three). The new bytes end at
+/// most `(input + 1) / 2` lines, the first of which may need only its `\n`: that is
+/// [`relayed_bound`] of one byte more. A line over `max_line` is answered with the notice
+/// instead of its echo, and took at least `max_line + 1` of the bytes.
+fn reply_bound(
+    name_len: usize,
+    max_line: usize,
+    too_long_len: usize,
+    held: usize,
+    input: usize,
+) -> usize {
+    let too_long_lines = (held + input) / (max_line + 1);
+    held.saturating_mul(3)
+        .saturating_add(relayed_bound(name_len, input + 1))
+        .saturating_add(too_long_lines.saturating_mul(too_long_len))
 }
 
 /// Appends what one frame turns into: the echo of a line (which is also logged), or the
 /// too-long notice. Sanitised-empty lines add nothing.
-fn echo(reply: &mut String, name: &str, frame: Frame<'_>, max_line: usize) {
+fn echo(reply: &mut String, name: &str, frame: Frame<'_>, too_long: &str) {
     match frame {
         Frame::Line(raw) => {
             let start = reply.len();
@@ -432,26 +629,17 @@ fn echo(reply: &mut String, name: &str, frame: Frame<'_>, max_line: usize) {
                 info!("{}", &reply[start..reply.len() - CRLF.len()]);
             }
         }
-        Frame::TooLong => {
-            reply.push_str(&line_too_long(max_line));
-            reply.push_str(CRLF);
-        }
+        Frame::TooLong => reply.push_str(too_long),
     }
-}
-
-/// Tells a connection beyond `--max-clients` why it is refused, without waiting for it.
-fn turn_away(stream: TcpStream, max_clients: usize, scratch: &mut [u8]) {
-    let _ = write_some(&stream, &wire(&server_full(max_clients)));
-    // Closing a socket with unread input makes the kernel send a reset, which can destroy the
-    // notice before the client reads it (telnet, for one, speaks first): read what came.
-    let _ = read_some(&stream, scratch);
 }
 
 /// Bytes accepted for one client that its socket has not taken yet.
 ///
 /// Empty while the client keeps up, which is nearly always: bytes go straight to the socket
 /// and only what the kernel refuses is copied here. The allocation is released whenever the
-/// outbox drains, so an idle client holds no buffer.
+/// outbox drains, so an idle client holds no buffer. It never holds more than `--max-queue`
+/// (or one long line's echo, when `--max-queue` is smaller; see [`MIN_READ`]), because the
+/// loop reads from a client only what its outbox has room to answer.
 #[derive(Debug, Default)]
 struct Outbox {
     bytes: Vec<u8>,
@@ -469,24 +657,17 @@ impl Outbox {
         self.len() == 0
     }
 
-    /// Sends `data` after whatever is queued, without ever blocking.
-    ///
-    /// The client is too slow only when its outbox would pass `max_queue` *and* its socket,
-    /// asked just now, took nothing: a client that reads as fast as it can is never dropped.
-    fn send(&mut self, stream: &TcpStream, data: &[u8], max_queue: usize) -> Result<(), Close> {
+    /// Sends `data` after whatever is queued, without ever blocking: what the socket refuses
+    /// waits here.
+    fn send(&mut self, stream: &TcpStream, data: &[u8]) -> Result<(), Close> {
         let mut rest = data;
         if self.is_empty() {
             // Nothing queued, so nothing to overtake: offer the bytes to the socket first. It
             // usually takes them all, and they are never copied.
             rest = &rest[write_some(stream, rest)?..];
-        } else if self.len() + rest.len() > max_queue {
-            self.flush(stream)?;
         }
         if rest.is_empty() {
             return Ok(());
-        }
-        if self.len() + rest.len() > max_queue {
-            return Err(Close::TooSlow);
         }
         // Reclaim the written front only once it is at least half the buffer: each byte is
         // then moved at most once on average.
@@ -530,6 +711,56 @@ fn read_some(mut stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
         match stream.read(buf) {
             Err(error) if error.kind() == ErrorKind::Interrupted => continue,
             result => return result,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every reply one read makes, for a client called `name`: the framer fed `stream` in
+    /// `reads` pieces, each checked against [`reply_bound`] with what the framer held before.
+    fn check_bound(name: &str, max_line: usize, stream: &[u8], reads: usize) {
+        let too_long = line_too_long(max_line) + CRLF;
+        let mut framer = LineFramer::new(max_line);
+        let piece = stream.len().div_ceil(reads).max(1);
+        for chunk in stream.chunks(piece) {
+            let held = framer.buffered();
+            let mut reply = String::new();
+            framer.push(chunk, |frame| echo(&mut reply, name, frame, &too_long));
+            let bound = reply_bound(name.len(), max_line, too_long.len(), held, chunk.len());
+            assert!(
+                reply.len() <= bound,
+                "{name} max_line {max_line}: {} bytes from {held} held + {chunk:?} > {bound}",
+                reply.len()
+            );
+        }
+        let held = framer.buffered();
+        let mut reply = String::new();
+        framer.finish(|frame| echo(&mut reply, name, frame, &too_long));
+        assert!(reply.len() <= reply_bound(name.len(), max_line, too_long.len(), held, 0));
+    }
+
+    #[test]
+    fn a_read_never_makes_more_replies_than_its_bound() {
+        let streams: [&[u8]; 7] = [
+            &b"a\n".repeat(500),
+            &b"\x80\n".repeat(500),
+            &b"\x80".repeat(999),
+            &b"ab\n".repeat(300),
+            &b"hello world\r\n".repeat(70),
+            &[b"x".repeat(3000), b"\n".to_vec()].concat(),
+            &b"\xff\xfb\x01\n\n\r\n\x80\x80".repeat(100),
+        ];
+        for name in ["1.2.3.4:5", "127.0.0.1:52344", "[2001:db8::1]:52344"] {
+            for max_line in [1, 2, 5, 1024] {
+                for stream in streams {
+                    for reads in [1, 2, 7, 100, stream.len()] {
+                        check_bound(name, max_line, stream, reads);
+                    }
+                }
+            }
         }
     }
 }
