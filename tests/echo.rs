@@ -4,14 +4,67 @@
 //! Each scenario is a function taking the [`Server`] to run against; [`echo_tests!`] turns them
 //! into one `#[test]` per server, in a module named after it (`cargo test --test echo v1::`).
 
-use std::io::{ErrorKind, Write};
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
-use sock_chat_tests::{Client, Server};
+use sock_chat_tests::{Client, Server, DEADLINE};
+
+/// How many echoes the slow reader reads between pauses: about 2 KiB of them.
+const LINES_PER_PAUSE: usize = 32;
+/// The slow reader's pause: with [`LINES_PER_PAUSE`], it reads at most about 2 MB/s, far
+/// slower than a server echoes on loopback.
+const READER_PAUSE: Duration = Duration::from_millis(1);
+
+/// The slow reader's receive buffer, in bytes (the kernel doubles it for its bookkeeping).
+const SLOW_READER_WINDOW: usize = 64 * 1024;
+
+/// A writer that has sent nothing for this long counts as stopped by TCP. Were it only slowed
+/// (a busy machine), the test would still pass; it would just check less.
+const STOPPED_AFTER: Duration = Duration::from_millis(500);
 
 /// The chat line the server sends back when `client` says `text`.
 fn said(client: &Client, text: &str) -> String {
     format!("{} says: {text}", client.addr())
+}
+
+/// Waits until `sent`, the bytes a writer thread has sent so far, stops growing.
+fn wait_until_stopped(sent: &AtomicUsize) {
+    let start = Instant::now();
+    let mut before = sent.load(Ordering::Relaxed);
+    loop {
+        thread::sleep(STOPPED_AFTER);
+        let now = sent.load(Ordering::Relaxed);
+        if now == before {
+            return;
+        }
+        before = now;
+        assert!(start.elapsed() < DEADLINE, "the writer was never stopped");
+    }
+}
+
+/// Reads `expected.len()` bytes and checks they are `expected`: a stream of echoes too long to
+/// check line by line in good time.
+fn expect_exactly(client: &Client, expected: &[u8]) {
+    let mut received = vec![0; expected.len()];
+    if let Err(error) = client.stream().read_exact(&mut received) {
+        panic!("{error} before {} bytes of echoes arrived", expected.len());
+    }
+    if received == expected {
+        return;
+    }
+    if let Some(at) = (0..expected.len()).find(|&at| received[at] != expected[at]) {
+        let line_start = expected[..at]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |n| n + 1);
+        panic!(
+            "echoes differ at byte {at}, in the line {:?}",
+            String::from_utf8_lossy(&received[line_start..(line_start + 80).min(received.len())])
+        );
+    }
 }
 
 fn echoes_line_to_sender(server: Server) {
@@ -68,6 +121,82 @@ fn logs_connects_and_disconnects(server: Server) {
     server.expect_log(&format!("{addr} disconnected"));
 }
 
+/// SPEC 1's backpressure: a client that sends faster than it reads its echoes is slowed down by
+/// TCP, never disconnected, and loses nothing: 4 MB of 40-byte lines, written as fast as the
+/// socket takes them, while the echoes are read at about 2 MB/s.
+fn a_client_reading_slower_than_it_sends_gets_every_echo_in_order(server: Server) {
+    const LINES: usize = 100_000;
+    let server = server.start(&[]);
+    let mut client = server.connect();
+    // A small receive window, as over a slow link. Left alone, the kernel would grow the
+    // buffer until it held every echo, and the server's backpressure would never be needed.
+    socket2::SockRef::from(client.stream())
+        .set_recv_buffer_size(SLOW_READER_WINDOW)
+        .expect("SO_RCVBUF");
+    let line = |i: usize| format!("line {i:06} of a steady stream of forty");
+    let stream: String = (0..LINES).map(|i| line(i) + "\n").collect();
+    assert_eq!(stream.len(), LINES * 40);
+    let mut writer = client.stream().try_clone().expect("clone stream");
+    let writing = thread::spawn(move || writer.write_all(stream.as_bytes()));
+
+    for i in 0..LINES {
+        if i % LINES_PER_PAUSE == 0 {
+            thread::sleep(READER_PAUSE);
+        }
+        client.expect_line(&said(&client, &line(i)));
+    }
+    writing.join().expect("writer").expect("every line sent");
+    // Still connected, and nothing else was sent: the connection ends only when we end it.
+    client.shutdown_write();
+    assert_eq!(client.read_to_orderly_close(), Vec::<String>::new());
+}
+
+/// A client that stops reading is no longer read: its lines wait in TCP's buffers and TCP stops
+/// its sender, the server holds only a bounded amount for it and serves everyone else, and it
+/// gets every echo once it reads again. (v1: its thread blocks in `write`; v2: the loop stops
+/// asking `poll` for its input while its echoes wait.)
+fn a_client_that_stops_reading_is_not_read_and_the_others_are_served(server: Server) {
+    // 16 MB of kilobyte lines: about twice what the socket buffers of one loopback connection
+    // take in before TCP stops the sender, so the sender is certainly stopped.
+    const LINES: usize = 16_000;
+    // What the server may grow by for one client: its outbox (--max-queue, 256 KiB) and
+    // change, against the tens of MB it would take to keep this flood.
+    const MEMORY_FOR_ONE_CLIENT_KIB: u64 = 8 * 1024;
+    let server = server.start(&[]);
+    let flooder = server.connect();
+    let rss_before = server.rss_kib();
+    let line = |i: usize| format!("line {i:07}, nobody reads my echoes {}", "-".repeat(960));
+    let flood: String = (0..LINES).map(|i| line(i) + "\n").collect();
+    let mut writer = flooder.stream().try_clone().expect("clone stream");
+    // The writer stays stopped by TCP for as long as nobody reads the echoes.
+    writer.set_write_timeout(None).expect("no write timeout");
+    let sent = Arc::new(AtomicUsize::new(0));
+    let sent_by_writer = Arc::clone(&sent);
+    let writing = thread::spawn(move || {
+        for piece in flood.as_bytes().chunks(64 * 1024) {
+            writer.write_all(piece)?;
+            sent_by_writer.fetch_add(piece.len(), Ordering::Relaxed);
+        }
+        std::io::Result::Ok(())
+    });
+    wait_until_stopped(&sent);
+
+    let mut alice = server.connect();
+    alice.send_line("am I served?");
+    alice.expect_line(&said(&alice, "am I served?"));
+
+    let echoes: String = (0..LINES)
+        .map(|i| said(&flooder, &line(i)) + "\r\n")
+        .collect();
+    expect_exactly(&flooder, echoes.as_bytes());
+    writing.join().expect("writer").expect("every line sent");
+    let grew = server.peak_rss_kib().saturating_sub(rss_before);
+    assert!(
+        grew < MEMORY_FOR_ONE_CLIENT_KIB,
+        "the server grew by {grew} KiB for one client that did not read"
+    );
+}
+
 /// `echo_tests!(v1, Server::V1Threads)` runs every scenario above against that server, as
 /// `v1::echoes_line_to_sender` and so on: one line per server. A new scenario also needs its
 /// `#[test]` here.
@@ -100,47 +229,19 @@ macro_rules! echo_tests {
             fn logs_connects_and_disconnects() {
                 super::logs_connects_and_disconnects($server)
             }
+
+            #[test]
+            fn a_client_reading_slower_than_it_sends_gets_every_echo_in_order() {
+                super::a_client_reading_slower_than_it_sends_gets_every_echo_in_order($server)
+            }
+
+            #[test]
+            fn a_client_that_stops_reading_is_not_read_and_the_others_are_served() {
+                super::a_client_that_stops_reading_is_not_read_and_the_others_are_served($server)
+            }
         }
     };
 }
 
 echo_tests!(v1, Server::V1Threads);
 echo_tests!(v2, Server::V2Select);
-
-/// v2 only: its echo goes through a bounded outbox (`--max-queue`), as v3's relay does, so a
-/// client that sends without reading its echoes is disconnected and the loop never waits for
-/// it. (In v1 a blocking write stalls only that client's own thread: that is v1's lesson.)
-#[test]
-fn v2_drops_a_client_that_never_reads_its_echoes_and_serves_the_others() {
-    // Over ten times what the socket buffers of one connection hold on loopback (a few MB).
-    const GIVE_UP_AFTER_BYTES: usize = 64 << 20;
-    let server = Server::V2Select.start(&["--max-queue", "4096"]);
-    let flooder = server.connect();
-    let mut writer = flooder.stream().try_clone().expect("clone stream");
-    let flooding = thread::spawn(move || {
-        let chunk = "nobody reads my echoes\n".repeat(1000);
-        let mut sent = 0;
-        while sent < GIVE_UP_AFTER_BYTES {
-            match writer.write_all(chunk.as_bytes()) {
-                Ok(()) => sent += chunk.len(),
-                // The server closed the socket with our lines unread: the kernel resets it.
-                Err(e)
-                    if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) =>
-                {
-                    return true
-                }
-                Err(e) => panic!("sending failed with {e} instead of a disconnect"),
-            }
-        }
-        false
-    });
-    let mut alice = server.connect();
-    alice.send_line("am I served?");
-    alice.expect_line(&said(&alice, "am I served?"));
-    assert!(
-        flooding.join().expect("flooding thread"),
-        "a client that never read its echoes was still connected after {GIVE_UP_AFTER_BYTES} bytes"
-    );
-    alice.send_line("and now?");
-    alice.expect_line(&said(&alice, "and now?"));
-}
