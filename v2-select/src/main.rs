@@ -159,8 +159,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// a reset instead of an orderly close, and a reset destroys whatever the client has not read
 /// yet: the notice. A client that reads sees the notice and the end of the stream within a
 /// round trip and closes (telnet and nc do), which ends the drain long before this; one that
-/// goes on sending is closed anyway once its notice has had two seconds to arrive.
-const CLOSE_DRAIN: Duration = Duration::from_secs(2);
+/// goes on sending is closed anyway once its notice has had a second to arrive, as v4 does.
+const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 
 /// Most turned-away connections drained at once. Each holds a descriptor and a `poll` entry
 /// for up to [`CLOSE_DRAIN`]; a storm of refused connections beyond this many is closed at
