@@ -12,87 +12,119 @@
 //! ## The model
 //!
 //! The same single thread and non-blocking sockets as v2, but a line now goes to everyone
-//! else instead of back to its sender. A turn has two halves: first the loop reads one chunk
-//! from each ready client and queues its lines in every other client's outbox; then it writes
-//! to each client, once, everything the turn queued for it. An outbox is bounded by
-//! `--max-queue`, and a client that does not read is disconnected before it can slow the room
-//! or grow the server's memory.
+//! else instead of back to its sender. A turn has two halves: first the loop reads from each
+//! ready sender and queues its lines for every other client; then it writes to each client,
+//! once, everything the turn queued for it.
+//!
+//! The room reads only as fast as its receivers take the bytes. Before each `poll` the loop
+//! looks at every queue, and while one of them is too full to take what a full read could
+//! become, it does not ask `poll` about input (`POLLIN`) at all, only about the sockets it has
+//! bytes for (`POLLOUT`). The senders' bytes then wait in their own sockets, TCP closes their
+//! window and their `write`s block: the room slows its senders down, and nothing is dropped.
+//! A receiver that has kept the room waiting for `--stall-ms` in a row is not keeping up with
+//! it: it is sent `* error: too slow, disconnected`, and the room moves on without it.
 //!
 //! ```text
 //!     +-------------------------------------------------------------------+
 //!     v                                                                   |
-//!   poll(listener, every client)      sleeps until some socket is ready   |
+//!   review the queues: one too full for a read?  -> no POLLIN this turn   |
+//!                      one held the room back    -> too slow: its last    |
+//!                      for --stall-ms?              notice, then closed   |
 //!     |                                                                   |
-//!     +-> client readable: read one chunk -> framer -> lines -> log       |
-//!     |     -> format the chunk's lines once: "ADDR says: ...\r\n..."     |
-//!     |     -> queue that one buffer in every other client's outbox       |
+//!   poll(listener, every client)      sleeps until some socket is ready,  |
+//!     |                               or until the next stall runs out    |
+//!     +-> client readable: read what every queue has room for -> framer   |
+//!     |     -> lines -> log -> format them once: "ADDR says: ...\r\n..."  |
+//!     |     -> queue that one buffer for every other client               |
 //!     +-> client writable: list it for the writes below                   |
 //!     +-> listener ready:  accept (a batch at most), queue join notices   |
 //!     |                                                                   |
-//!     +-> each client given bytes this turn: one writev of its outbox;    |
-//!           if the socket refused some and the rest passes --max-queue,   |
-//!           disconnect it ----------------------------------------------->+
+//!     +-> each client given bytes this turn: one writev of its queue ---->+
 //! ```
 //!
 //! ## What changed since v2
 //!
 //! - **Relay, not echo.** A read is framed and sanitised once, and its lines are formatted
-//!   once into one buffer that every other client's outbox shares. The sender gets only
+//!   once into one buffer that every other client's queue shares. The sender gets only
 //!   notices (`* error: line too long ...`).
 //! - **A room.** Joins and leaves are announced to the others with the number online, as long
 //!   as that number is at most `--announce-limit`; above it, telling everyone about everyone
 //!   is quadratic traffic and the room stays quiet about it. A client that half-closes
-//!   leaves the room at once (its last line is relayed first), then only waits for its
-//!   outbox to drain.
+//!   leaves the room at once (its last line is relayed first), is sent what it is still owed,
+//!   and is closed.
 //! - **Writes wait for the end of the turn.** v2 writes an echo as soon as it has read the
 //!   line. Here that would mean one `write` per receiver per sender: with ten people talking,
 //!   ten writes to every client in a turn. Deferring the writes lets one `writev` per client
 //!   carry what all of them said (see "What it costs").
-//! - **The slow consumer matters.** In v2 a client that did not read hurt only itself. Here
-//!   every sender fills every receiver's outbox, so one reader that stops would hold the
-//!   room's lines forever. The outbox bound is what keeps the room moving: a receiver is too
-//!   slow when its socket, just offered everything, refused some, and what is left passes
-//!   `--max-queue`: it gets `* error: too slow, disconnected` if that still fits, and goes.
-//!   A client that reads as fast as it can is never dropped, because the kernel takes the
-//!   bytes as fast as it reads them, even when many senders burst at once: the loop reads one
-//!   bounded chunk per sender per turn and hands it on before reading more.
+//! - **Backpressure spans the room.** v2 stops reading a client while its own echoes wait. Here
+//!   one read fills every *other* client's queue, and grows on the way: `a\n` reaches each
+//!   receiver as `127.0.0.1:52344 says: a\r\n`, about twelve times longer. So the loop reads from a
+//!   sender only what can become no more than every queue has room for
+//!   ([`chat_protocol::message::readable_within`], from the worst case
+//!   [`chat_protocol::message::relayed_bound`]), and reads from no sender while some queue is
+//!   too full for a read. An empty queue always takes one read, so no setting of
+//!   `--max-queue` and `--max-line` can stop the room.
+//! - **How long to wait for one receiver.** A room that waits for its slowest receiver must
+//!   decide when to stop waiting, or one client that stops reading (or a laptop that goes to
+//!   sleep) would stop everyone. `--stall-ms` (500 by default) is that decision: a receiver
+//!   whose queue has been too full for the next read that long in a row is dropped, whether it
+//!   stopped reading or reads a trickle; one that reads as fast as its socket allows empties
+//!   its queue in far less, so it is never dropped, whatever the senders do. The trade-off is
+//!   the number: a longer stall is kinder to a receiver on a poor network and costs everyone
+//!   a longer pause when one stops; a shorter one keeps the room brisk and gives up sooner.
+//! - **A last notice that arrives.** Closing a socket whose input was not read makes the
+//!   kernel answer with a reset, and a reset destroys what the client had not read yet: the
+//!   notice. So a client closed with a notice (too slow, `* server full`, too many connections
+//!   from one address) is not read from any more, is sent the notice, then its write side is
+//!   shut down and its input read and thrown away until it closes too, or [`CLOSING_GRACE`]
+//!   runs out. None of that waits: it is one more state a client can be in between turns
+//!   ([`State::Closing`]), the same a client that half-closed goes through.
 //!
 //! ## What it costs
 //!
 //! Nearly all of the server's time goes to the kernel's side of `write`: on loopback one call
 //! costs microseconds whatever it carries, because the receiving end of TCP runs inside it.
 //! So what counts is system calls per delivery. Each chunk is formatted once and shared
-//! (`Rc`) by the outboxes, never copied per receiver, and each receiver gets one `writev` per
-//! turn with the chunks of every sender of that turn. Measured with `chat-bench` on a 2-core
-//! VM, 1000 clients of which 10 burst: writing each chunk to each receiver at once made about
-//! three writes per receiver per turn, 5 M deliveries/s at 170 ns of server CPU each; one
-//! `writev` per receiver per turn made 20 M/s at 33 ns. A quiet room cannot share the cost:
-//! a turn then holds a single line, so with 100 clients each line is 99 writes of about 7 µs,
-//! and the loop needs 0.7 ms to hand it out.
+//! (`Rc`) by the queues, never copied per receiver, and each receiver gets one `writev` per
+//! turn with the chunks of every sender of that turn. `docs/benchmarks/results.md` shows both
+//! ends of it: in a burst from 10 of 100 clients a turn carries many lines to each receiver,
+//! and a delivery costs the server 16 ns of CPU (31.60 M deliveries/s); in paced chat a turn
+//! usually carries one line, and a delivery costs 7754 ns, one `writev` each.
 //!
-//! Memory is about 200 bytes per idle client (a table slot, its name, an empty framer and an
-//! empty outbox), plus at most `--max-queue` per client that is behind. As in v2, each turn
-//! polls every descriptor, which takes milliseconds with 10 000 clients, and one thread does
-//! all the work.
+//! Backpressure costs little when receivers keep up: a few passes over the clients' slots
+//! before each `poll`, to find the fullest queue and the next deadline, cheap next to `poll`'s
+//! own pass over every descriptor in the kernel. When they do not keep up, the room goes at
+//! the pace of its slowest receiver, for at most `--stall-ms` at a time.
+//!
+//! Memory is about 200 bytes per idle client (results.md: 202 B; a table slot, its name, an
+//! empty framer and an empty queue), plus, for a client that is behind, at most `--max-queue`
+//! or one read's worth, whichever is more. As in v2, each turn polls every descriptor, which
+//! takes milliseconds with 10 000 clients, and one thread does all the work.
 //!
 //! ## What the Python original got wrong
 //!
 //! The Python v3 relayed with a blocking `send` to each client inside the loop. A client that
 //! stops reading fills its socket buffer; the next `send` to it blocks, and with it the only
-//! thread: one slow (or suspended, or malicious) client froze the whole server for everyone.
-//! Here no write ever waits: what does not fit waits in an outbox, and the outbox has a limit.
+//! thread: one slow (or suspended, or malicious) client froze the whole server for everyone,
+//! for as long as it liked. Here no write ever waits: what does not fit waits in a queue, the
+//! room stops reading while a queue is full, and it waits for one receiver `--stall-ms` at most.
 
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind, IoSlice, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chat_protocol::cli::{addr_arg, AnnounceLimit, ConnectionLimits, QueueLimit, V3_ADDR_DEFAULT};
+use chat_protocol::cli::{
+    addr_arg, AnnounceLimit, ConnectionLimits, QueueLimit, StallLimit, MAX_CLIENTS_DEFAULT,
+    V3_ADDR_DEFAULT,
+};
+use chat_protocol::limits::PerIp;
 use chat_protocol::message::{
-    joined, left, line_too_long, push_chat_line, server_full, wire, CRLF, TOO_SLOW,
+    joined, left, line_too_long, push_chat_line, readable_within, relayed_bound, server_full,
+    too_many_from_address, wire, CRLF, TOO_SLOW,
 };
 use chat_protocol::startup::{
     bind_listener, exit_with, init_logging, log_listening, raise_fd_limit, LISTEN_BACKLOG,
@@ -103,21 +135,18 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tracing::{debug, info, warn};
 
-/// Most bytes read from one client in one turn. Bounded so that a client that floods cannot
-/// keep the loop from the others, and so that what one read produces is handed on before the
-/// next read: the server never takes in more than it can pass on. 16 KiB is a few hundred chat
-/// lines, and about what the kernel hands over per wake-up anyway.
+/// Most bytes read from one client at once: a few hundred chat lines, and about what the
+/// kernel hands over per wake-up anyway. Bounded so that a client that floods cannot keep the
+/// loop from the others. A read is smaller when the room's queues have less room (see
+/// [`Server::room_free`]), and "a full read" is this much.
 const READ_CHUNK: usize = 16 * 1024;
 
 /// Most connections accepted in one turn: as many as the kernel's accept queue holds
 /// ([`LISTEN_BACKLOG`]), so that one turn can empty a full queue. Every turn costs a `poll` over
 /// all clients (milliseconds with thousands of them), so in a connect storm a smaller batch
-/// means more turns; the queue overflows while the loop polls, and the kernel drops SYNs that
-/// are retried only a second later. Measured with `chat-bench`, 10 000 clients connecting at
-/// once: with batches of 256 they took 0.85 s to get in (median of 7 runs; 1.5 s in one where
-/// the queue overflowed); with this batch, 0.6 s. The bound keeps a storm from starving the
-/// clients already here: an accept costs microseconds, so a full batch delays them by a few
-/// milliseconds.
+/// means more turns, the queue overflows while the loop polls, and the kernel drops SYNs that
+/// are retried only a second later. The bound keeps a storm from starving the clients already
+/// here: an accept costs microseconds, so a full batch delays them by a few milliseconds.
 const ACCEPT_BATCH: usize = LISTEN_BACKLOG as usize;
 
 /// Most chunks handed to the kernel in one `writev`. A client that keeps up has a few (one per
@@ -129,6 +158,19 @@ const WRITE_SLICES: usize = 64;
 /// The connection that failed stays in the backlog, so polling the listener again at once would
 /// report it ready and spin; meanwhile the clients already here are served as usual.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How long a connection being closed (it half-closed, was dropped as too slow, or was turned
+/// away) is given to take what it is still owed and close its end: "a moment" of SPEC 4. A
+/// client that reads takes a notice in milliseconds, and a person at telnet sees it at once;
+/// one that does not is closed anyway, so a descriptor is never held for long by someone the
+/// server is done with.
+const CLOSING_GRACE: Duration = Duration::from_secs(2);
+
+/// Most connections turned away (server full, too many from one address) that may be handing
+/// over their notice at once, each for up to [`CLOSING_GRACE`]: as many as a server full at
+/// the default `--max-clients`. A storm of refused connections must not hold descriptors
+/// without bound; beyond this many, one is told once, without waiting, and closed.
+const TURNING_AWAY_MAX: usize = MAX_CLIENTS_DEFAULT;
 
 /// sock-chat v3: one thread, a poll(2) loop, a chat room.
 #[derive(Debug, Parser)]
@@ -143,6 +185,9 @@ struct Cli {
 
     #[command(flatten)]
     queue: QueueLimit,
+
+    #[command(flatten)]
+    stall: StallLimit,
 
     #[command(flatten)]
     announce: AnnounceLimit,
@@ -170,63 +215,106 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 #[derive(Debug)]
 struct Server {
     listener: TcpListener,
-    /// Connected clients, indexed by token. A client's slot is reused after it leaves, so the
-    /// table is as long as the most clients ever connected at once, and finding a client is an
-    /// index, not a hash lookup.
+    /// Connections, indexed by token: a client's slot, reused after it is closed. The table is
+    /// as long as the most connections ever open at once, and finding a client is an index, not
+    /// a hash lookup.
     clients: Vec<Option<Client>>,
     /// Tokens of the empty slots in `clients`.
     free: Vec<usize>,
-    /// Occupied slots: what `--max-clients` limits (a half-closed client still draining its
-    /// outbox holds a descriptor, so it counts).
+    /// Admitted clients that still hold a descriptor, in the room or being closed: what
+    /// `--max-clients` limits.
     connected: usize,
-    /// Clients in the room: connected and not half-closed. The number in join/leave notices.
+    /// Connections turned away that are still handing over their notice (see
+    /// [`TURNING_AWAY_MAX`]). They were never admitted, so they count against no limit.
+    turning_away: usize,
+    /// Clients in the room: the number in join and leave notices.
     online: usize,
+    /// Admitted connections per address, for `--max-per-ip`.
+    per_ip: PerIp,
     max_clients: usize,
     max_line: usize,
     max_queue: usize,
+    /// `--stall-ms`: how long the room waits for a receiver that holds it back.
+    stall: Duration,
     announce_limit: usize,
     /// Set after an accept error: the listener is not polled until then (see [`ACCEPT_BACKOFF`]).
     accept_paused_until: Option<Instant>,
+    /// What a full read from the room's most demanding sender can become for one receiver
+    /// (longest name, most bytes already held by its framer): a queue with less room than this
+    /// is too full for the next read. Set before each `poll`.
+    read_need: usize,
+    /// Room left in the fullest queue of the room: `--max-queue` minus what it holds, or
+    /// `usize::MAX` while every queue is empty (an empty queue takes any one read). Set before
+    /// each `poll`, and lowered by every byte queued during the turn, so that every read of the
+    /// turn fits in what is left.
+    room_free: usize,
     /// The one read buffer. Each read is relayed before the next, so one buffer serves every
     /// client.
     read_buf: Box<[u8]>,
     /// The chat lines of one read, formatted here, then copied once into the chunk that every
-    /// receiver's outbox shares; reused.
+    /// receiver's queue shares; reused.
     relay: String,
     /// The notices one read earns its sender (`line too long`); reused.
     to_sender: String,
-    /// The clients that `poll` reported this turn, with their events; reused.
+    /// The clients that `poll` reported ready this turn, with their events; reused.
     ready: Vec<(usize, PollFlags)>,
     /// Clients to write to at the end of this turn: those given bytes this turn, and those
     /// whose socket became writable. Each is listed once (see [`Client::flush_due`]).
     to_flush: Vec<usize>,
+    /// Turns so far. The ready clients are served starting from a different one each turn, so
+    /// that when the room's space runs out in the middle of a turn, it is not always the same
+    /// senders that wait for the next.
+    turns: usize,
 }
 
-/// One connection, and what the loop must remember about it between turns.
+/// One connection, and what the loop must remember about it between turns. Every connection
+/// has one, idle or not, so it is kept small (see "What it costs").
 #[derive(Debug)]
 struct Client {
     stream: TcpStream,
-    /// The socket address as Rust prints it (`127.0.0.1:52344`): its name in the room.
-    name: String,
+    /// The socket address as Rust prints it (`127.0.0.1:52344`): its name in the room. Never
+    /// changes, so a `Box<str>`, a pointer and a length, not a `String` with a capacity too.
+    name: Box<str>,
     /// The start of a line whose `\n` has not arrived yet.
     framer: LineFramer,
     /// Bytes for this client that its socket has not taken yet.
     outbox: Outbox,
-    /// True from the accept until the client half-closes or is removed: it is read from and
-    /// relayed to. Afterwards it only waits for its outbox to drain.
-    in_room: bool,
+    state: State,
+    /// When the loop gives up on this client unless something changes first. In the room: set
+    /// when its queue becomes too full for the room's next read, to `--stall-ms` later, and
+    /// cleared as soon as it has room again; `None` while it keeps up. Being closed: when
+    /// [`CLOSING_GRACE`] runs out.
+    deadline: Option<Instant>,
     /// True while the client is in `Server::to_flush`: it is written to at the end of the turn.
     flush_due: bool,
 }
 
-/// Why a client's connection is closed.
+/// Where a connection is in its life; each state asks `poll` for different things.
+#[derive(Debug, Clone, Copy)]
+enum State {
+    /// In the room: read from while every queue has room for a read, and relayed to.
+    InRoom,
+    /// Out of the room, being closed: it half-closed, was dropped as too slow, or was turned
+    /// away. It is not read as a client any more. It is sent what it is still owed (the rest
+    /// of the room's lines after a half-close, or a last notice), then its write side is shut
+    /// down and its input read and thrown away until it closes its end too, or its deadline.
+    Closing {
+        /// True once everything is sent and our side is shut down.
+        write_shut: bool,
+        /// True for a connection turned away before it was admitted.
+        turned_away: bool,
+    },
+}
+
+/// Why a connection's descriptor is closed now.
 #[derive(Debug)]
 enum Close {
-    /// It half-closed and everything queued for it was sent.
-    Finished,
-    /// Its socket refused bytes just offered, and what is left passes `--max-queue`: it does
-    /// not read, or not nearly fast enough.
-    TooSlow,
+    /// It was sent everything it was owed, and closed its end.
+    Done,
+    /// [`CLOSING_GRACE`] ran out before it took what it was owed or closed its end.
+    GraceOver,
+    /// It hung up entirely while it was still owed bytes: nobody is left to read them.
+    HungUp,
     /// The socket failed: a reset, a broken pipe.
     Broken(io::Error),
 }
@@ -238,34 +326,43 @@ impl Server {
             clients: Vec::new(),
             free: Vec::new(),
             connected: 0,
+            turning_away: 0,
             online: 0,
+            per_ip: PerIp::new(cli.limits.max_per_ip),
             max_clients: cli.limits.max_clients,
             max_line: cli.limits.max_line,
             max_queue: cli.queue.max_queue,
+            stall: Duration::from_millis(cli.stall.stall_ms),
             announce_limit: cli.announce.announce_limit,
             accept_paused_until: None,
+            read_need: 0,
+            room_free: usize::MAX,
             read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
             relay: String::new(),
             to_sender: String::new(),
             ready: Vec::new(),
             to_flush: Vec::new(),
+            turns: 0,
         }
     }
 
-    /// The loop: wait, serve the ready clients, accept newcomers, write what the turn gave
-    /// each client, forever.
+    /// The loop: review the queues, wait, serve the ready clients, accept newcomers, write
+    /// what the turn gave each client, forever.
     fn run(&mut self) -> anyhow::Result<()> {
         loop {
-            let listener_ready = match self.wait() {
+            let wake_at = self.review(Instant::now());
+            let listener_ready = match self.wait(wake_at) {
                 Ok(listener_ready) => listener_ready,
                 // A signal arrived while we slept: nothing is ready, just wait again.
                 Err(Errno::EINTR) => continue,
                 Err(errno) => return Err(errno).context("poll failed"),
             };
-            for i in 0..self.ready.len() {
-                let (token, events) = self.ready[i];
+            let ready = self.ready.len();
+            for i in 0..ready {
+                let (token, events) = self.ready[(self.turns + i) % ready];
                 self.serve(token, events);
             }
+            self.turns = self.turns.wrapping_add(1);
             // Accepting after serving means a slot freed this turn is reused only once the
             // turn's `ready` list is done with it.
             if listener_ready {
@@ -275,53 +372,123 @@ impl Server {
         }
     }
 
-    /// Sleeps in `poll(2)` until a socket is ready, then fills `ready`. Returns whether the
-    /// listener has connections waiting.
-    fn wait(&mut self) -> Result<bool, Errno> {
-        let timeout = match self.accept_paused_until {
-            Some(until) if Instant::now() < until => {
-                // Sleep no longer than the pause, rounding up so we do not wake a hair early.
-                let millis = until.duration_since(Instant::now()).as_millis() + 1;
+    /// Between turns: how much the room may read next, which receivers hold it back, and who
+    /// has waited too long. Returns when the loop must wake up even if no socket is ready: the
+    /// earliest deadline.
+    fn review(&mut self, now: Instant) -> Option<Instant> {
+        self.read_need = self
+            .clients
+            .iter()
+            .flatten()
+            .filter(|client| client.in_room())
+            .map(|client| relayed_bound(client.name.len(), client.framer.buffered() + READ_CHUNK))
+            .max()
+            .unwrap_or(0);
+        let (read_need, max_queue) = (self.read_need, self.max_queue);
+        // First, whoever is past its deadline goes. The leave notices that causes are queued for
+        // the others, and so counted below.
+        for token in 0..self.clients.len() {
+            let Some(client) = &self.clients[token] else {
+                continue;
+            };
+            if client.deadline.is_none_or(|deadline| now < deadline) {
+                continue;
+            }
+            match client.state {
+                State::InRoom if client.outbox.too_full_for(read_need, max_queue) => {
+                    self.drop_too_slow(token)
+                }
+                // It has room again: its deadline is cleared below.
+                State::InRoom => {}
+                State::Closing { .. } => self.close(token, Close::GraceOver),
+            }
+        }
+        // Then the deadlines of those holding the room back, the room left in the fullest
+        // queue, and the next wake-up.
+        let mut wake_at: Option<Instant> = None;
+        let mut room_free = usize::MAX;
+        for client in self.clients.iter_mut().flatten() {
+            if client.in_room() {
+                if !client.outbox.is_empty() {
+                    room_free = room_free.min(max_queue.saturating_sub(client.outbox.len()));
+                }
+                if !client.outbox.too_full_for(read_need, max_queue) {
+                    client.deadline = None;
+                } else if client.deadline.is_none() {
+                    client.deadline = Some(now + self.stall);
+                }
+            }
+            if let Some(deadline) = client.deadline {
+                wake_at = Some(wake_at.map_or(deadline, |wake_at| wake_at.min(deadline)));
+            }
+        }
+        self.room_free = room_free;
+        wake_at
+    }
+
+    /// Sleeps in `poll(2)` until a socket is ready or `wake_at`, then fills `ready`. Returns
+    /// whether the listener has connections waiting.
+    fn wait(&mut self, wake_at: Option<Instant>) -> Result<bool, Errno> {
+        let now = Instant::now();
+        if self.accept_paused_until.is_some_and(|until| until <= now) {
+            self.accept_paused_until = None;
+        }
+        let accepting = self.accept_paused_until.is_none();
+        let timeout = match [self.accept_paused_until, wake_at]
+            .into_iter()
+            .flatten()
+            .min()
+        {
+            // Rounded up, so that we do not wake a hair early and go round for nothing.
+            Some(at) => {
+                let millis = at
+                    .saturating_duration_since(now)
+                    .as_nanos()
+                    .div_ceil(1_000_000);
                 PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX)
             }
-            _ => {
-                self.accept_paused_until = None;
-                PollTimeout::NONE
-            }
+            None => PollTimeout::NONE,
         };
-        let accepting = self.accept_paused_until.is_none();
+        // Input is read only while every queue has room for what a read can become.
+        let reading = self.room_free >= self.read_need;
 
-        // The array borrows every socket, so it lives only for this call; `ready` remembers
-        // which token each entry stood for.
-        let mut fds = Vec::with_capacity(self.connected + 1);
+        // The array borrows every socket, so it lives only for this call. Its entries follow
+        // the table's order, so the table, walked again, says which client each stands for.
+        // The listener's entry, if polled, comes last.
+        let mut fds: Vec<PollFd<'_>> = self
+            .clients
+            .iter()
+            .flatten()
+            .map(|client| PollFd::new(client.stream.as_fd(), client.interest(reading)))
+            .collect();
         if accepting {
             fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
-        }
-        self.ready.clear();
-        for (token, slot) in self.clients.iter().enumerate() {
-            if let Some(client) = slot {
-                fds.push(PollFd::new(client.stream.as_fd(), client.interest()));
-                self.ready.push((token, PollFlags::empty()));
-            }
         }
 
         poll(&mut fds, timeout)?;
 
-        let mut reported = fds.iter().map(|fd| {
-            // Flags nix does not know: try the I/O, which will tell what happened.
-            fd.revents()
-                .unwrap_or(PollFlags::POLLIN | PollFlags::POLLOUT)
-        });
-        let listener_ready = accepting && reported.next().is_some_and(|events| !events.is_empty());
-        for ((_, events), revents) in self.ready.iter_mut().zip(reported) {
-            *events = revents;
-        }
-        self.ready.retain(|(_, events)| !events.is_empty());
+        let listener_ready = if accepting {
+            fds.pop().is_some_and(|fd| !reported(&fd).is_empty())
+        } else {
+            false
+        };
+        let tokens = self
+            .clients
+            .iter()
+            .enumerate()
+            .filter_map(|(token, slot)| slot.as_ref().map(|_| token));
+        self.ready.clear();
+        self.ready.extend(
+            tokens
+                .zip(&fds)
+                .map(|(token, fd)| (token, reported(fd)))
+                .filter(|(_, events)| !events.is_empty()),
+        );
         Ok(listener_ready)
     }
 
-    /// Does what one client's readiness allows: read one chunk and relay it. A writable
-    /// client is only marked: it is written to with everything else at the end of the turn.
+    /// Does what one client's readiness allows. A writable client is only marked: it is
+    /// written to with everything else at the end of the turn.
     fn serve(&mut self, token: usize, events: PollFlags) {
         let Some(client) = self.clients[token].as_mut() else {
             return;
@@ -329,22 +496,43 @@ impl Server {
         if events.contains(PollFlags::POLLOUT) {
             flush_at_end_of_turn(&mut self.to_flush, token, client);
         }
-        if client.in_room {
-            // A reset or hang-up shows up as POLLERR/POLLHUP; the read then reports it.
-            if events.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
-                self.read_and_relay(token);
-            }
-        } else if events.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
-            // Half-closed earlier, and now the peer is gone entirely: nobody will read the rest.
-            self.remove(token, Close::Finished);
+        // A reset or hang-up shows up as POLLERR/POLLHUP, whatever was asked for.
+        let gone = events.intersects(PollFlags::POLLHUP | PollFlags::POLLERR);
+        let readable = gone || events.contains(PollFlags::POLLIN);
+        match client.state {
+            State::InRoom if readable => self.read_and_relay(token, gone),
+            State::Closing {
+                write_shut: true, ..
+            } if readable => self.drain(token),
+            // Gone before it could be sent what it was owed.
+            State::Closing { .. } if gone => self.close(token, Close::HungUp),
+            _ => {}
         }
     }
 
-    /// Reads one chunk from a client and relays its lines to everyone else in the room.
-    fn read_and_relay(&mut self, token: usize) {
+    /// Reads from a client in the room what the room has space for, and relays its lines to
+    /// everyone else. `gone`: `poll` reported a reset or hang-up.
+    fn read_and_relay(&mut self, token: usize, gone: bool) {
         let Some(client) = self.clients[token].as_mut() else {
             return;
         };
+        let want = readable_within(
+            client.name.len(),
+            client.framer.buffered(),
+            self.room_free,
+            READ_CHUNK,
+        );
+        if want == 0 {
+            // Earlier reads of this turn took the room's space: it is read next turn. But a
+            // socket that failed would be reported again at once, every turn, while the room is
+            // full: close that one now; the lines it sent before failing are lost with it.
+            if gone {
+                let error = client.stream.take_error().ok().flatten();
+                let error = error.unwrap_or_else(|| ErrorKind::ConnectionReset.into());
+                self.close(token, Close::Broken(error));
+            }
+            return;
+        }
         let (relay, to_sender, max_line) = (&mut self.relay, &mut self.to_sender, self.max_line);
         relay.clear();
         to_sender.clear();
@@ -360,7 +548,7 @@ impl Server {
                 to_sender.push_str(CRLF);
             }
         };
-        let at_eof = match read_some(&client.stream, &mut self.read_buf) {
+        let at_eof = match read_some(&client.stream, &mut self.read_buf[..want]) {
             Ok(0) => {
                 // End of file: the client half-closed. Its last line may lack a `\n`.
                 client.framer.finish(on_frame);
@@ -372,19 +560,35 @@ impl Server {
             }
             // Readiness was stale (a spurious wake-up): try next turn.
             Err(error) if error.kind() == ErrorKind::WouldBlock => return,
-            Err(error) => return self.remove(token, Close::Broken(error)),
+            Err(error) => return self.close(token, Close::Broken(error)),
         };
 
         if !self.to_sender.is_empty() {
             client.outbox.push(&Rc::from(self.to_sender.as_bytes()));
             flush_at_end_of_turn(&mut self.to_flush, token, client);
+            self.spend(self.to_sender.len());
         }
         if !self.relay.is_empty() {
-            // One copy of the chunk, shared by every receiver's outbox.
+            // One copy of the chunk, shared by every receiver's queue.
             self.broadcast(Some(token), &Rc::from(self.relay.as_bytes()));
         }
         if at_eof {
-            self.leave_room(token);
+            self.half_closed(token);
+        }
+    }
+
+    /// A client half-closed: it leaves the room at once, and is closed once it has been sent
+    /// what it is still owed (its end of the connection is already shut, so nothing is left
+    /// unread).
+    fn half_closed(&mut self, token: usize) {
+        self.leave_room(token);
+        let Some(client) = self.clients[token].as_mut() else {
+            return;
+        };
+        if client.outbox.is_empty() {
+            self.close(token, Close::Done);
+        } else {
+            flush_at_end_of_turn(&mut self.to_flush, token, client);
         }
     }
 
@@ -393,104 +597,139 @@ impl Server {
     fn broadcast(&mut self, except: Option<usize>, chunk: &Rc<[u8]>) {
         for (token, slot) in self.clients.iter_mut().enumerate() {
             let Some(client) = slot else { continue };
-            if !client.in_room || except == Some(token) {
+            if !client.in_room() || except == Some(token) {
                 continue;
             }
             client.outbox.push(chunk);
             flush_at_end_of_turn(&mut self.to_flush, token, client);
         }
+        self.spend(chunk.len());
+    }
+
+    /// Counts `bytes` just queued for some clients of the room against the room's space, as if
+    /// the fullest queue had received them: the next read of the turn must fit in what is left.
+    fn spend(&mut self, bytes: usize) {
+        self.room_free = self.room_free.min(self.max_queue).saturating_sub(bytes);
     }
 
     /// Writes, once per client, what this turn queued for it (and what a full socket refused
-    /// before, for a client now writable). Only here can a client turn out to be too slow: its
-    /// socket was just asked and refused, and what is left passes `--max-queue`.
+    /// before, for a client now writable). A client being closed whose queue is now empty has
+    /// its write side shut down: our FIN follows the last byte it was owed.
     fn flush_turn(&mut self) {
         let mut next = 0;
         while let Some(&token) = self.to_flush.get(next) {
             next += 1;
-            // Empty if the client was removed since it was listed.
+            // Empty if the client was closed since it was listed.
             let Some(client) = self.clients[token].as_mut() else {
                 continue;
             };
             if !client.flush_due {
-                // Listed again after it was removed and its slot reused: already flushed.
+                // Listed again after it was closed and its slot reused: already flushed.
                 continue;
             }
             client.flush_due = false;
-            let close = match client.outbox.flush(&client.stream) {
-                Err(close) => close,
-                Ok(()) if client.outbox.len() > self.max_queue => Close::TooSlow,
-                // Half-closed, and now everything it was owed is sent.
-                Ok(()) if !client.in_room && client.outbox.is_empty() => Close::Finished,
-                Ok(()) => continue,
-            };
-            // Its leave notice is queued for the others, and the loop reaches them.
-            self.remove(token, close);
+            if let Err(error) = client.outbox.flush(&client.stream) {
+                self.close(token, Close::Broken(error));
+                continue;
+            }
+            // Whether a client in the room holds the room back is decided in the review, for
+            // all clients at once.
+            if let State::Closing { write_shut, .. } = &mut client.state {
+                if !*write_shut && client.outbox.is_empty() {
+                    match client.stream.shutdown(Shutdown::Write) {
+                        Ok(()) => *write_shut = true,
+                        Err(error) => self.close(token, Close::Broken(error)),
+                    }
+                }
+            }
         }
         self.to_flush.clear();
     }
 
-    /// A half-closed client leaves the room: the others hear of it, and it is closed as soon
-    /// as its outbox is empty.
+    /// Drops a receiver that held the room back for `--stall-ms`: it leaves the room, and is
+    /// sent `* error: too slow, disconnected` after what its socket already holds.
+    fn drop_too_slow(&mut self, token: usize) {
+        let Some(client) = self.clients[token].as_mut() else {
+            return;
+        };
+        warn!(
+            "{} held the room back for {:?}: too slow, disconnecting it",
+            client.name, self.stall
+        );
+        client.outbox.drop_all_but_line_begun();
+        client.outbox.push(&Rc::from(wire(TOO_SLOW)));
+        self.leave_room(token);
+    }
+
+    /// Reads and drops what a client being closed still sends, so that closing its socket
+    /// finds no unread input (which would make the kernel send a reset, not a FIN).
+    fn drain(&mut self, token: usize) {
+        let Some(client) = self.clients[token].as_ref() else {
+            return;
+        };
+        match read_some(&client.stream, &mut self.read_buf) {
+            // It closed its end too: nothing more can come.
+            Ok(0) => self.close(token, Close::Done),
+            Ok(_) => {}
+            Err(error) if error.kind() == ErrorKind::WouldBlock => {}
+            Err(error) => self.close(token, Close::Broken(error)),
+        }
+    }
+
+    /// Takes a client out of the room: from now on it is being closed (see [`State::Closing`]).
+    /// The others hear of it while the room is small enough (the same rule as for joins: the
+    /// number the notice carries is at most the limit). Every way out of the room comes
+    /// through here: a half-close, a drop for being too slow, a reset or a failed socket.
     fn leave_room(&mut self, token: usize) {
         let Some(client) = self.clients[token].as_mut() else {
             return;
         };
-        if !client.in_room {
+        if !client.in_room() {
             return;
         }
-        client.in_room = false;
-        let name = client.name.clone();
-        if client.outbox.is_empty() {
-            // Nothing is owed to it: close now.
-            self.remove(token, Close::Finished);
-        }
-        self.announce_leave(&name);
-    }
-
-    /// Tells the room that `name` (already out of it) left, if the room is now small enough
-    /// (the same rule as for joins: the number the notice carries is at most the limit).
-    fn announce_leave(&mut self, name: &str) {
+        client.state = State::Closing {
+            write_shut: false,
+            turned_away: false,
+        };
+        client.deadline = Some(Instant::now() + CLOSING_GRACE);
         self.online -= 1;
         if self.online <= self.announce_limit {
-            self.broadcast(None, &wire(&left(name, self.online, None)).into());
+            let notice = wire(&left(&client.name, self.online, None));
+            self.broadcast(None, &notice.into());
         }
     }
 
-    /// Closes a client's socket, frees its slot and, if it was still in the room, tells the
-    /// others. Removing a client never harms another: its leave notice is only queued, and
-    /// written with the rest of the turn's output.
-    fn remove(&mut self, token: usize, close: Close) {
+    /// Closes a connection's socket and frees its slot; a client still in the room leaves it
+    /// first. Closing never harms another client: a leave notice is only queued, and written
+    /// with the rest of the turn's output.
+    fn close(&mut self, token: usize, why: Close) {
+        self.leave_room(token);
         let Some(client) = self.clients[token].take() else {
             return;
         };
         self.free.push(token);
+        if let State::Closing {
+            turned_away: true, ..
+        } = client.state
+        {
+            self.turning_away -= 1;
+            debug!("{}: closed after its notice ({why:?})", client.name);
+            return;
+        }
         self.connected -= 1;
-        match close {
-            Close::Finished => {}
-            Close::TooSlow => {
-                warn!(
-                    "{} is too slow: its socket is full and its outbox would pass {} bytes; \
-                     disconnecting it",
-                    client.name, self.max_queue
-                );
-                // Once, without waiting: it goes whether the notice fits or not.
-                let _ = write_some(&client.stream, &[IoSlice::new(&wire(TOO_SLOW))]);
-            }
+        if let Some(ip) = client.peer_ip() {
+            self.per_ip.remove(ip);
+        }
+        match why {
+            Close::Done => {}
+            Close::GraceOver => debug!(
+                "{}: took {CLOSING_GRACE:?} without taking what it was owed; closing",
+                client.name
+            ),
+            Close::HungUp => debug!("{}: hung up with bytes still owed", client.name),
             Close::Broken(error) => debug!("{}: {error}", client.name),
         }
         info!("{} disconnected", client.name);
-        let Client {
-            stream,
-            name,
-            in_room,
-            ..
-        } = client;
-        // Closed before the others hear of it: a leave notice means the connection is gone.
-        drop(stream);
-        if in_room {
-            self.announce_leave(&name);
-        }
     }
 
     /// Accepts waiting connections until there are none left, or a batch is done.
@@ -517,7 +756,7 @@ impl Server {
     }
 
     /// Gives a new connection a slot and a place in the room, or turns it away if the server
-    /// is full.
+    /// is full or its address holds `--max-per-ip` connections already.
     fn admit(&mut self, stream: TcpStream, addr: SocketAddr) {
         // Accepted sockets do not inherit O_NONBLOCK from the listener on Linux.
         if let Err(error) = stream.set_nonblocking(true) {
@@ -529,21 +768,54 @@ impl Server {
         let _ = stream.set_nodelay(true);
         if self.connected >= self.max_clients {
             info!("{addr} turned away: server full");
-            return turn_away(stream, self.max_clients, &mut self.read_buf);
+            return self.turn_away(stream, addr, &server_full(self.max_clients));
         }
-        let client = Client {
-            stream,
-            name: addr.to_string(),
-            framer: LineFramer::new(self.max_line),
-            outbox: Outbox::default(),
-            in_room: true,
-            flush_due: false,
-        };
+        if !self.per_ip.try_add(addr.ip()) {
+            info!("{addr} turned away: too many connections from its address");
+            let notice = too_many_from_address(self.per_ip.max());
+            return self.turn_away(stream, addr, &notice);
+        }
+        let client = Client::new(stream, addr, self.max_line, State::InRoom);
         info!("{} connected", client.name);
         // Each join is news for everyone: a room filling up would cost O(n^2) notices.
         let online = self.online + 1;
         let notice = (online <= self.announce_limit).then(|| wire(&joined(&client.name, online)));
-        let token = match self.free.pop() {
+        let token = self.insert(client);
+        self.connected += 1;
+        self.online = online;
+        if let Some(notice) = notice {
+            self.broadcast(Some(token), &notice.into());
+        }
+    }
+
+    /// Refuses a connection with `notice`, and closes it so that the notice arrives (see
+    /// [`State::Closing`]).
+    fn turn_away(&mut self, stream: TcpStream, addr: SocketAddr, notice: &str) {
+        let notice = wire(notice);
+        if self.turning_away >= TURNING_AWAY_MAX {
+            // Too many at once: one try, and what it sent first is read so that the close is
+            // less likely to be a reset; what comes later may still destroy the notice.
+            let _ = write_some(&stream, &[IoSlice::new(&notice)]);
+            let _ = read_some(&stream, &mut self.read_buf);
+            return;
+        }
+        let closing = State::Closing {
+            write_shut: false,
+            turned_away: true,
+        };
+        let mut client = Client::new(stream, addr, self.max_line, closing);
+        client.outbox.push(&Rc::from(notice));
+        client.deadline = Some(Instant::now() + CLOSING_GRACE);
+        let token = self.insert(client);
+        self.turning_away += 1;
+        if let Some(client) = self.clients[token].as_mut() {
+            flush_at_end_of_turn(&mut self.to_flush, token, client);
+        }
+    }
+
+    /// Puts `client` in a free slot and returns its token.
+    fn insert(&mut self, client: Client) -> usize {
+        match self.free.pop() {
             Some(token) => {
                 self.clients[token] = Some(client);
                 token
@@ -552,21 +824,44 @@ impl Server {
                 self.clients.push(Some(client));
                 self.clients.len() - 1
             }
-        };
-        self.connected += 1;
-        self.online = online;
-        if let Some(notice) = notice {
-            self.broadcast(Some(token), &notice.into());
         }
     }
 }
 
 impl Client {
-    /// What to ask `poll` about this client. `POLLOUT` only while something waits to be
-    /// written: an idle socket is always writable and would wake the loop on every turn.
-    fn interest(&self) -> PollFlags {
+    fn new(stream: TcpStream, addr: SocketAddr, max_line: usize, state: State) -> Client {
+        Client {
+            stream,
+            name: addr.to_string().into_boxed_str(),
+            framer: LineFramer::new(max_line),
+            outbox: Outbox::default(),
+            state,
+            deadline: None,
+            flush_due: false,
+        }
+    }
+
+    fn in_room(&self) -> bool {
+        matches!(self.state, State::InRoom)
+    }
+
+    /// The peer's address, read back from the name, which is that address as Rust prints it
+    /// (and parses): kept once, not twice, in every client's slot.
+    fn peer_ip(&self) -> Option<IpAddr> {
+        self.name.parse::<SocketAddr>().ok().map(|addr| addr.ip())
+    }
+
+    /// What to ask `poll` about this client. `reading`: the room has space for a read.
+    /// `POLLOUT` only while something waits to be written: an idle socket is always writable
+    /// and would wake the loop on every turn.
+    fn interest(&self, reading: bool) -> PollFlags {
         let mut events = PollFlags::empty();
-        if self.in_room {
+        let wants_input = match self.state {
+            State::InRoom => reading,
+            // Drained only once everything is sent: until then it is not read at all.
+            State::Closing { write_shut, .. } => write_shut,
+        };
+        if wants_input {
             events |= PollFlags::POLLIN;
         }
         if !self.outbox.is_empty() {
@@ -574,6 +869,13 @@ impl Client {
         }
         events
     }
+}
+
+/// The events `poll` reported for `fd`. Flags nix does not know: try the I/O, which will tell
+/// what happened.
+fn reported(fd: &PollFd<'_>) -> PollFlags {
+    fd.revents()
+        .unwrap_or(PollFlags::POLLIN | PollFlags::POLLOUT)
 }
 
 /// Lists `client` (at `token`) for a write at the end of the turn, once however often it is
@@ -585,18 +887,10 @@ fn flush_at_end_of_turn(to_flush: &mut Vec<usize>, token: usize, client: &mut Cl
     }
 }
 
-/// Tells a connection beyond `--max-clients` why it is refused, without waiting for it.
-fn turn_away(stream: TcpStream, max_clients: usize, scratch: &mut [u8]) {
-    let _ = write_some(&stream, &[IoSlice::new(&wire(&server_full(max_clients)))]);
-    // Closing a socket with unread input makes the kernel send a reset, which can destroy the
-    // notice before the client reads it (telnet, for one, speaks first): read what came.
-    let _ = read_some(&stream, scratch);
-}
-
 /// Bytes for one client that its socket has not taken yet.
 ///
-/// A relayed chunk is formatted once and shared (`Rc`) by every receiver's outbox, so a burst
-/// is never copied once per receiver, not even for receivers that fall behind. The outbox
+/// A relayed chunk is formatted once and shared (`Rc`) by every receiver's queue, so a burst
+/// is never copied once per receiver, not even for receivers that fall behind. The queue
 /// holds only pointers between the writes at the end of each turn, and releases even those
 /// when it drains, so an idle client holds no buffer.
 #[derive(Debug, Default)]
@@ -604,8 +898,7 @@ struct Outbox {
     /// The oldest chunk not fully written yet. Kept apart from `later` because a client that
     /// keeps up usually has one chunk at a time, and then needs no allocation at all. That is
     /// worth the extra field: with every chunk in the queue, each broadcast allocated and freed
-    /// a small buffer per receiver, and the allocator kept the freed ones (measured: 257 bytes
-    /// per idle client after one line to 10 000 of them, against 200 now).
+    /// a small buffer per receiver, and the allocator kept the freed ones.
     front: Option<Rc<[u8]>>,
     /// The chunks after `front`, oldest first.
     later: VecDeque<Rc<[u8]>>,
@@ -624,6 +917,13 @@ impl Outbox {
         self.len == 0
     }
 
+    /// True if this queue is too full to take `read` more bytes under `max_queue`. An empty
+    /// queue takes any one read, however large: otherwise a read bigger than `--max-queue` (a
+    /// small queue, a long line held by the framer) could never be made, and the room would stop.
+    fn too_full_for(&self, read: usize, max_queue: usize) -> bool {
+        !self.is_empty() && max_queue.saturating_sub(self.len) < read
+    }
+
     /// Queues `chunk` after what is already waiting. Never writes: see [`Outbox::flush`].
     fn push(&mut self, chunk: &Rc<[u8]>) {
         self.len += chunk.len();
@@ -634,9 +934,29 @@ impl Outbox {
         }
     }
 
+    /// Forgets everything queued except the rest of a line whose start the socket has already
+    /// taken, so that whatever is queued next starts on a line of its own.
+    fn drop_all_but_line_begun(&mut self) {
+        let begun = match &self.front {
+            Some(front) if self.written > 0 && front[self.written - 1] != b'\n' => {
+                let unsent = &front[self.written..];
+                let end = unsent
+                    .iter()
+                    .position(|&byte| byte == b'\n')
+                    .map_or(unsent.len(), |newline| newline + 1);
+                Some(Rc::<[u8]>::from(&unsent[..end]))
+            }
+            _ => None,
+        };
+        *self = Outbox::default();
+        if let Some(rest) = begun {
+            self.push(&rest);
+        }
+    }
+
     /// Writes queued chunks, as many per system call as [`WRITE_SLICES`] allows, until the
-    /// socket is full or the outbox is empty. Never blocks.
-    fn flush(&mut self, stream: &TcpStream) -> Result<(), Close> {
+    /// socket is full or the queue is empty. Never blocks.
+    fn flush(&mut self, stream: &TcpStream) -> io::Result<()> {
         while let Some(front) = &self.front {
             let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
             slices[0] = IoSlice::new(&front[self.written..]);
@@ -677,13 +997,13 @@ impl Outbox {
 }
 
 /// One non-blocking `writev`: how many bytes the socket took, 0 if it is full.
-fn write_some(mut stream: &TcpStream, slices: &[IoSlice<'_>]) -> Result<usize, Close> {
+fn write_some(mut stream: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<usize> {
     loop {
         match stream.write_vectored(slices) {
             Ok(n) => return Ok(n),
             Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(0),
             Err(error) if error.kind() == ErrorKind::Interrupted => continue,
-            Err(error) => return Err(Close::Broken(error)),
+            Err(error) => return Err(error),
         }
     }
 }
