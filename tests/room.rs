@@ -1,7 +1,8 @@
 //! SPEC 4, the chat room (v3, v4): a line reaches every other client, in the order the server
 //! received it, and never its sender; joins and leaves are announced, with the number online,
-//! while the room is small; a client that does not read is dropped without slowing anyone down,
-//! and a client that reads as fast as it can is never dropped.
+//! while the room is small; a client that does not read is dropped once it has held the room
+//! back for `--stall-ms`, and the others hear everything; a client that reads as fast as it can
+//! is never dropped. `tests/backpressure.rs` looks closer at how the room waits for its readers.
 //!
 //! Each scenario is a function taking the [`Server`] to run; [`server_tests!`] makes one
 //! `#[test]` per room server (`cargo test --test room v3_broadcast`).
@@ -187,11 +188,12 @@ fn flood_line(i: usize) -> String {
 }
 
 fn a_client_that_never_reads_is_dropped_while_the_others_hear_everything(server: Server) {
-    // A small outbox, so the sleeper is dropped as soon as its socket buffers are full.
+    // A small outbox, so the sleeper holds the room back as soon as its socket buffers are full,
+    // and is dropped `--stall-ms` later.
     const MAX_QUEUE: &str = "4096";
     // Lines sent per batch: about 3.5 KB as relayed, under MAX_QUEUE. The talker sends the next
     // batch only once the listener has heard the last, so the listener is never more than one
-    // outbox behind and can never be the one found too slow, however the machine schedules it.
+    // outbox behind and never holds the room back for long, however the machine schedules it.
     const BATCH: usize = 8;
     // Over ten times what the socket buffers of one connection hold on loopback (a few MB).
     const GIVE_UP_AFTER_BYTES: usize = 64 << 20;
