@@ -1017,3 +1017,42 @@ fn read_some(mut stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(bytes: &[u8]) -> Rc<[u8]> {
+        Rc::from(bytes)
+    }
+
+    #[test]
+    fn an_empty_queue_takes_any_read_and_a_full_one_only_what_fits() {
+        let mut outbox = Outbox::default();
+        assert!(!outbox.too_full_for(usize::MAX, 10), "empty: any one read");
+        outbox.push(&chunk(b"1234"));
+        assert!(!outbox.too_full_for(6, 10));
+        assert!(outbox.too_full_for(7, 10));
+        outbox.push(&chunk(b"1234567890"));
+        assert!(outbox.too_full_for(1, 10), "past the limit: nothing fits");
+    }
+
+    #[test]
+    fn a_dropped_queue_keeps_only_the_rest_of_a_line_begun() {
+        let mut outbox = Outbox::default();
+        outbox.push(&chunk(b"a says: one\r\na says: two\r\n"));
+        outbox.push(&chunk(b"a says: three\r\n"));
+        // The socket took "a says: one\r\na sa": the rest of that line must follow.
+        outbox.consume(17);
+        outbox.drop_all_but_line_begun();
+        assert_eq!(outbox.len(), b"ys: two\r\n".len());
+        assert_eq!(outbox.front.as_deref(), Some(&b"ys: two\r\n"[..]));
+
+        // Taken up to a line's end: nothing is kept.
+        let mut outbox = Outbox::default();
+        outbox.push(&chunk(b"a says: one\r\na says: two\r\n"));
+        outbox.consume(13);
+        outbox.drop_all_but_line_begun();
+        assert!(outbox.is_empty());
+    }
+}
