@@ -97,9 +97,10 @@
 //! the pace of its slowest receiver, for at most `--stall-ms` at a time.
 //!
 //! Memory is about 200 bytes per idle client (results.md: 202 B; a table slot, its name, an
-//! empty framer and an empty queue), plus, for a client that is behind, at most `--max-queue`
-//! or one read's worth, whichever is more. As in v2, each turn polls every descriptor, which
-//! takes milliseconds with 10 000 clients, and one thread does all the work.
+//! empty framer and an empty queue), plus, for a client that is behind, about `--max-queue`
+//! or one read's worth, whichever is more: join and leave notices are queued even for a full
+//! queue, but a full queue is dropped within `--stall-ms`. As in v2, each turn polls every
+//! descriptor, which takes milliseconds with 10 000 clients, and one thread does all the work.
 //!
 //! ## What the Python original got wrong
 //!
