@@ -12,8 +12,9 @@ use crate::framing::MAX_LINE_DEFAULT;
 /// descriptor the process has.
 pub const MAX_CLIENTS_DEFAULT: usize = 1024;
 
-/// Default `--max-queue`, in bytes: a client may fall this far behind before it is dropped.
-/// 256 KiB is hundreds of chat lines, far more than any person reading falls behind.
+/// Default `--max-queue`, in bytes: at most this much waits to be sent to one client; past it,
+/// the server stops reading whoever would add more. 256 KiB is thousands of chat lines, far
+/// more than any person reading falls behind, and a full read's worth of the shortest lines.
 pub const MAX_QUEUE_DEFAULT: usize = 256 * 1024;
 
 /// Default `--max-per-ip`: a classroom behind one NAT address still fits, one host with a script
