@@ -70,6 +70,11 @@ pub struct Version {
 }
 
 impl Version {
+    /// The one named `name`.
+    pub fn named(name: &str) -> Option<Version> {
+        VERSIONS.into_iter().find(|v| v.name == name)
+    }
+
     /// What `compare` starts it with, beyond `--addr` and `--max-clients`: rooms with
     /// `--announce-limit 0` (a join notice to every client for each of 10 000 joins is not what
     /// is measured), and unthrottled.
@@ -284,6 +289,11 @@ impl Server {
         }
     }
 
+    /// False once the process has exited (crashed, or been killed).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// SIGTERM, then SIGKILL if it has not exited in [`STOP_TIMEOUT`]; returns its last words.
     pub fn stop(mut self) -> Vec<String> {
         let pid = Pid::from_raw(self.child.id() as i32);
@@ -392,6 +402,15 @@ fn find_servers() -> anyhow::Result<Vec<(Version, PathBuf)>> {
         );
     }
     Ok(found)
+}
+
+/// One version's release binary, for `command`.
+pub fn find_server(version: &Version, command: &str) -> anyhow::Result<PathBuf> {
+    let path = release_dir(command)?.join(version.name);
+    if !path.is_file() {
+        bail!("{} not found: run `{RELEASE_BUILD}` first", path.display());
+    }
+    Ok(path)
 }
 
 /// `chat-bench compare`.
