@@ -175,6 +175,8 @@ pub(super) struct Shared {
     gone: Vec<Notify>,
     probed: AtomicUsize,
     pub(super) delivered: AtomicU64,
+    /// When the traffic started, on the tokens' clock (0 before).
+    pub(super) traffic_started: AtomicU64,
     /// Wakes the coordinator: everyone probed, a connection closed.
     wake: Notify,
     pub(super) counters: Counters,
@@ -198,6 +200,7 @@ impl Shared {
             gone: (0..n).map(|_| Notify::new()).collect(),
             probed: AtomicUsize::new(0),
             delivered: AtomicU64::new(0),
+            traffic_started: AtomicU64::new(0),
             wake: Notify::new(),
             counters: Counters::default(),
             refusal: message::line_too_long(plan.max_line).into_bytes(),
@@ -343,6 +346,7 @@ pub(super) fn start(
     deadline: Instant,
 ) -> Traffic {
     let plan = &shared.plan;
+    shared.traffic_started.store(now_nanos(), Ordering::Release);
     let (give_up, give_up_rx) = watch::channel(false);
     let mut sending = Vec::with_capacity(plan.well_behaved());
     for (index, writer) in joined.writers.into_iter().enumerate() {
@@ -601,6 +605,8 @@ pub(super) struct Receiver {
     pub(super) unsanitised: u64,
     pub(super) first_unsanitised: Option<String>,
     pub(super) closed: bool,
+    /// When the connection ended, on the tokens' clock.
+    pub(super) closed_at: u64,
     /// The last whole line received, to explain a disconnection.
     pub(super) last_line: Vec<u8>,
 }
@@ -629,6 +635,7 @@ impl Receiver {
             unsanitised: 0,
             first_unsanitised: None,
             closed: false,
+            closed_at: 0,
             last_line: Vec::new(),
         }
     }
@@ -743,6 +750,7 @@ async fn receive(
         match read {
             Ok(0) | Err(_) => {
                 me.closed = true;
+                me.closed_at = now_nanos();
                 shared.closed[me.index].store(true, Ordering::Release);
                 shared.gone[me.index].notify_one();
                 shared.wake.notify_one();

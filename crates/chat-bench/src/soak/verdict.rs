@@ -77,8 +77,10 @@ pub(super) struct Outcome {
     /// Lines where they should not be: a sender's own in a room, another's on an echo
     /// server, a sequence number never sent.
     misdelivered: u64,
-    /// One entry per well-behaved client that was disconnected or told it is too slow.
+    /// One entry per well-behaved client that was disconnected or told it is too slow...
     disconnected: Vec<String>,
+    /// ...from this many seconds into the soak to this many.
+    disconnected_between: Option<(f64, f64)>,
     /// Senders still unable to send when the catch-up time was over.
     blocked_senders: usize,
     /// Overlong lines sent by well-behaved clients connected to the end, and the refusals
@@ -113,6 +115,7 @@ pub(super) fn tally(plan: &Plan, shared: &Shared, ended: &Ended, watched: Watche
         .map(|s| s.load(Ordering::Acquire))
         .collect();
     let c = &shared.counters;
+    let started = shared.traffic_started.load(Ordering::Acquire);
     let load = |counter: &AtomicU64| counter.load(Ordering::Acquire);
     let first = |slot: &Mutex<Option<String>>| slot.lock().ok().and_then(|s| s.clone());
     let mut outcome = Outcome {
@@ -124,6 +127,7 @@ pub(super) fn tally(plan: &Plan, shared: &Shared, ended: &Ended, watched: Watche
         reordered: 0,
         misdelivered: 0,
         disconnected: Vec::new(),
+        disconnected_between: None,
         blocked_senders: ended.blocked_senders,
         unjudged: 0,
         overlong_sent: 0,
@@ -199,23 +203,30 @@ pub(super) fn tally(plan: &Plan, shared: &Shared, ended: &Ended, watched: Watche
             format!("flooder {}", index - plan.chatters + 1)
         };
         let last = escaped(receiver.last_line.trim_ascii());
-        if receiver.too_slow && receiver.last_line.trim_ascii() == message::TOO_SLOW.as_bytes() {
-            outcome
-                .disconnected
-                .push(format!("{who} was told \"{}\"", message::TOO_SLOW));
+        let at = receiver.closed_at.saturating_sub(started) as f64 / 1e9;
+        let when = if receiver.closed {
+            format!(" {at:.1} s in")
+        } else {
+            String::new()
+        };
+        let what = if receiver.too_slow
+            && receiver.last_line.trim_ascii() == message::TOO_SLOW.as_bytes()
+        {
+            format!("was told \"{}\"{when}", message::TOO_SLOW)
         } else if receiver.too_slow {
             // The notice came glued to the end of a line the server had half written.
-            outcome
-                .disconnected
-                .push(format!("{who} was told it is too slow, in \"{last}\""));
+            format!("was told it is too slow{when}, in \"{last}\"")
         } else if receiver.closed {
-            outcome
-                .disconnected
-                .push(format!("{who} was disconnected (last line: \"{last}\")"));
+            format!("was disconnected{when} (last line: \"{last}\")")
         } else if let Some(error) = &send_failures[index] {
-            outcome
-                .disconnected
-                .push(format!("{who} could not send: {error}"));
+            format!("could not send: {error}")
+        } else {
+            continue;
+        };
+        outcome.disconnected.push(format!("{who} {what}"));
+        if receiver.closed {
+            let (first, last) = outcome.disconnected_between.get_or_insert((at, at));
+            (*first, *last) = (first.min(at), last.max(at));
         }
     }
     outcome.chatter_latency = LatencySummary::of(&latencies);
@@ -372,6 +383,9 @@ pub(super) fn checks(plan: &Plan, o: &Outcome) -> Vec<Check> {
         ),
     ));
     let mut evicted = format!("{} of {n}", o.disconnected.len());
+    if let Some((first, last)) = o.disconnected_between {
+        let _ = write!(evicted, ", {first:.1} to {last:.1} s into the soak");
+    }
     if let Some(first) = o.disconnected.first() {
         let _ = write!(evicted, ": {first}");
         if o.disconnected.len() > 1 {
