@@ -155,7 +155,8 @@ pub struct Args {
     #[arg(long, value_name = "NAME", value_parser = VERSIONS.map(|v| v.name))]
     server: Option<String>,
 
-    /// Or a server that is already running: HOST:PORT, [IPv6]:PORT, :PORT or PORT.
+    /// Or a server that is already running: HOST:PORT, [IPv6]:PORT, :PORT or PORT (a v4
+    /// with --rate 0, or its rate limit drops the flood on purpose).
     #[arg(long, value_parser = addr_arg)]
     addr: Option<SocketAddr>,
 

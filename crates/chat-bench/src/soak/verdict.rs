@@ -83,9 +83,11 @@ pub(super) struct Outcome {
     disconnected_between: Option<(f64, f64)>,
     /// Senders still unable to send when the catch-up time was over.
     blocked_senders: usize,
-    /// Overlong lines sent by well-behaved clients connected to the end, and the refusals
-    /// they read.
+    /// Overlong lines the well-behaved clients sent...
     overlong_sent: u64,
+    /// ...those of clients connected to the end, and the refusals these read (a client
+    /// disconnected may have lost its last refusals with its connection).
+    overlong_judged: u64,
     refusals: u64,
     overlong_relayed: u64,
     other_errors: u64,
@@ -131,6 +133,7 @@ pub(super) fn tally(plan: &Plan, shared: &Shared, ended: &Ended, watched: Watche
         blocked_senders: ended.blocked_senders,
         unjudged: 0,
         overlong_sent: 0,
+        overlong_judged: 0,
         refusals: 0,
         overlong_relayed: 0,
         other_errors: 0,
@@ -178,9 +181,10 @@ pub(super) fn tally(plan: &Plan, shared: &Shared, ended: &Ended, watched: Watche
             outcome.misdelivered += ledger.never_sent(sent[sender]);
         }
         outcome.misdelivered += receiver.unexpected;
+        let overlong = shared.overlong_sent[index].load(Ordering::Acquire);
+        outcome.overlong_sent += u64::from(overlong);
         if connected[index] {
-            // A disconnected client may have lost its last refusals with its connection.
-            outcome.overlong_sent += u64::from(shared.overlong_sent[index].load(Ordering::Acquire));
+            outcome.overlong_judged += u64::from(overlong);
             outcome.refusals += u64::from(receiver.refusals);
         }
         outcome.overlong_relayed += receiver.overlong_relayed;
@@ -412,11 +416,16 @@ pub(super) fn checks(plan: &Plan, o: &Outcome) -> Vec<Check> {
             None => "0 besides the refusals of overlong lines".to_owned(),
         },
     ));
+    let judged = if o.overlong_judged == o.overlong_sent {
+        String::new()
+    } else {
+        format!(" ({} by clients connected to the end)", o.overlong_judged)
+    };
     checks.push(check(
-        Status::unless(o.refusals != o.overlong_sent || o.overlong_relayed > 0),
+        Status::unless(o.refusals != o.overlong_judged || o.overlong_relayed > 0),
         "overlong lines",
         format!(
-            "{} sent, {} refused with \"{}\", {} pieces relayed",
+            "{} sent{judged}, {} refused with \"{}\", {} pieces relayed",
             o.overlong_sent,
             o.refusals,
             message::line_too_long(plan.max_line),
@@ -671,12 +680,12 @@ fn markdown(
         out,
         "\nRules: every line of a chatter or flooder must reach {}, once and in order, with \
          no well-behaved client disconnected or told it is too slow (after the senders stop, \
-         receivers get up to {} s to catch up, or until nothing arrived for {} s). Overlong lines must each be refused once and never \
-         relayed; nothing SPEC 3 forbids may reach a client. Memory: the median RSS of the \
-         last fifth of the samples after a warm-up (the first tenth of the soak) may exceed \
-         that of the first fifth by at most {:.0} % + {}. Descriptors: once the churners \
-         are gone, at most {FD_TOLERANCE} more than when the soak started. Non-readers may \
-         be evicted.",
+         receivers get up to {} s to catch up, or until nothing arrived for {} s). Overlong \
+         lines must each be refused once and never relayed; nothing SPEC 3 forbids may reach \
+         a client. Memory: the median RSS of the last fifth of the samples after a warm-up \
+         (the first tenth of the soak) may exceed that of the first fifth by at most {:.0} % \
+         + {}. Descriptors: once the churners are gone, at most {FD_TOLERANCE} more than when \
+         the soak started. Non-readers may be evicted.",
         match plan.mode {
             Mode::Broadcast => "every other well-behaved client",
             Mode::Echo => "its sender",
