@@ -1,5 +1,8 @@
 //! The charts to project in class, as SVG: plotters' SVG backend writes text as `<text>`
 //! elements, so no font files are needed to draw them, and any browser shows them.
+//!
+//! `compare` draws throughput and latency; `soak` draws the server's memory and descriptors
+//! over time.
 
 use std::path::Path;
 
@@ -188,5 +191,79 @@ fn latency(path: &Path, results: &Results, kind: Kind, title: &str) -> anyhow::R
             .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
             .map_err(&err)?;
     }
+    finish(&root, &mut chart, path)
+}
+
+/// A soak's server resources over time: RSS (MB, left axis) and open descriptors (right
+/// axis), from `(seconds, rss_mb, descriptors)` points, with the soak's traffic between the
+/// two dashed lines at 0 and `soak_s`.
+pub fn soak(
+    path: &Path,
+    title: &str,
+    points: &[(f64, f64, f64)],
+    soak_s: f64,
+) -> anyhow::Result<()> {
+    let first = points.iter().map(|p| p.0).fold(0.0, f64::min);
+    let last = points.iter().map(|p| p.0).fold(soak_s, f64::max);
+    // Room above the lines for the legend, which sits in the upper left.
+    const HEADROOM: f64 = 1.6;
+    let rss_top = points.iter().map(|p| p.1).fold(1.0, f64::max) * HEADROOM;
+    let fds_top = points.iter().map(|p| p.2).fold(10.0, f64::max) * HEADROOM;
+    let (rss_color, fds_color) = (COLORS[0], COLORS[1]);
+
+    let err = plot_error(path);
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(&err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, (FONT, 24))
+        .margin(20)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .right_y_label_area_size(60)
+        .build_cartesian_2d(first..last, 0f64..rss_top)
+        .map_err(&err)?
+        .set_secondary_coord(first..last, 0f64..fds_top);
+    chart
+        .configure_mesh()
+        .x_desc("seconds since the soak's traffic started")
+        .x_label_formatter(&|s| format!("{s:.0}"))
+        .y_desc("RSS, MB")
+        .label_style((FONT, 16))
+        .draw()
+        .map_err(&err)?;
+    chart
+        .configure_secondary_axes()
+        .y_desc("open descriptors")
+        .y_label_formatter(&|fds| format!("{fds:.0}"))
+        .label_style((FONT, 16))
+        .draw()
+        .map_err(&err)?;
+    let edge = BLACK.mix(0.5).stroke_width(1);
+    chart
+        .draw_series(
+            [0.0, soak_s]
+                .map(|x| DashedLineSeries::new([(x, 0.0), (x, rss_top)], 6, 4, edge))
+                .into_iter()
+                .flatten(),
+        )
+        .map_err(&err)?
+        .label("traffic starts, senders stop")
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], edge));
+    chart
+        .draw_series(LineSeries::new(
+            points.iter().map(|p| (p.0, p.1)),
+            rss_color.stroke_width(3),
+        ))
+        .map_err(&err)?
+        .label("server RSS (MB)")
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], rss_color.stroke_width(3)));
+    chart
+        .draw_secondary_series(LineSeries::new(
+            points.iter().map(|p| (p.0, p.2)),
+            fds_color.stroke_width(3),
+        ))
+        .map_err(&err)?
+        .label("open descriptors")
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], fds_color.stroke_width(3)));
     finish(&root, &mut chart, path)
 }

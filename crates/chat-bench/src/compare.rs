@@ -64,37 +64,55 @@ pub struct Version {
     pub name: &'static str,
     pub model: &'static str,
     pub mode: Mode,
-    /// Arguments beyond `--addr` and `--max-clients`.
-    args: &'static [&'static str],
+    /// Arguments that turn off a limit that is a feature, not a cost to measure: v4's rate
+    /// limit would drop a benchmark's lines (or a soak's) on purpose.
+    pub unthrottle: &'static [&'static str],
 }
 
-/// The versions, in teaching order. Rooms run with `--announce-limit 0` (a join notice to
-/// every client for each of 10 000 joins is not what is measured) and v4 with `--rate 0` (its
-/// rate limit is a feature, not a bottleneck to measure).
+impl Version {
+    /// The one named `name`.
+    pub fn named(name: &str) -> Option<Version> {
+        VERSIONS.into_iter().find(|v| v.name == name)
+    }
+
+    /// What `compare` starts it with, beyond `--addr` and `--max-clients`: rooms with
+    /// `--announce-limit 0` (a join notice to every client for each of 10 000 joins is not what
+    /// is measured), and unthrottled.
+    fn compare_args(&self) -> Vec<&'static str> {
+        let mut args = Vec::new();
+        if self.mode == Mode::Broadcast {
+            args.extend(["--announce-limit", "0"]);
+        }
+        args.extend(self.unthrottle);
+        args
+    }
+}
+
+/// The versions, in teaching order.
 pub const VERSIONS: [Version; 4] = [
     Version {
         name: "v1-threads",
         model: "one thread per client, blocking I/O",
         mode: Mode::Echo,
-        args: &[],
+        unthrottle: &[],
     },
     Version {
         name: "v2-select",
         model: "one thread, poll(2) loop",
         mode: Mode::Echo,
-        args: &[],
+        unthrottle: &[],
     },
     Version {
         name: "v3-broadcast",
         model: "one thread, poll(2) loop, chat room",
         mode: Mode::Broadcast,
-        args: &["--announce-limit", "0"],
+        unthrottle: &[],
     },
     Version {
         name: "v4-async",
         model: "tokio: task per client + writer task",
         mode: Mode::Broadcast,
-        args: &["--announce-limit", "0", "--rate", "0"],
+        unthrottle: &["--rate", "0"],
     },
 ];
 
@@ -205,20 +223,27 @@ pub fn plans(quick: bool) -> Vec<Plan> {
     ]
 }
 
-/// A server started for one run; killed if dropped without [`Server::stop`].
+/// A server started for one run (or one soak); killed if dropped without [`Server::stop`].
 #[derive(Debug)]
-struct Server {
+pub struct Server {
     child: Child,
-    addr: SocketAddr,
+    pub addr: SocketAddr,
     log: Arc<Mutex<VecDeque<String>>>,
 }
 
 impl Server {
-    fn start(binary: &Path, version: &Version, max_clients: usize) -> anyhow::Result<Server> {
+    /// Starts `binary` on port 0 with `RUST_LOG=warn`, `--max-clients` and `args`, and waits
+    /// for its `listening on` line.
+    pub fn start(
+        binary: &Path,
+        version: &Version,
+        max_clients: usize,
+        args: &[&str],
+    ) -> anyhow::Result<Server> {
         let mut child = Command::new(binary)
             .args(["--addr", "127.0.0.1:0", "--max-clients"])
             .arg(max_clients.to_string())
-            .args(version.args)
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -258,14 +283,19 @@ impl Server {
         Ok(Server { child, addr, log })
     }
 
-    fn process(&self) -> Process {
+    pub fn process(&self) -> Process {
         Process {
             pid: self.child.id() as i32,
         }
     }
 
+    /// False once the process has exited (crashed, or been killed).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// SIGTERM, then SIGKILL if it has not exited in [`STOP_TIMEOUT`]; returns its last words.
-    fn stop(mut self) -> Vec<String> {
+    pub fn stop(mut self) -> Vec<String> {
         let pid = Pid::from_raw(self.child.id() as i32);
         let _ = kill(pid, Signal::SIGTERM);
         let deadline = Instant::now() + STOP_TIMEOUT;
@@ -333,18 +363,27 @@ fn listening_addr(line: &str) -> Option<SocketAddr> {
     after.split_whitespace().next()?.parse().ok()
 }
 
-/// Where the server binaries are: beside this executable, built in release mode.
-fn find_servers() -> anyhow::Result<Vec<(Version, PathBuf)>> {
-    let build = "cargo build --release --workspace";
+/// How to build what [`find_servers`] looks for.
+const RELEASE_BUILD: &str = "cargo build --release --workspace";
+
+/// Where the server binaries are: beside this executable, built in release mode. `command`
+/// (`compare`, `soak`) is named in the advice given to a debug build.
+fn release_dir(command: &str) -> anyhow::Result<PathBuf> {
     if cfg!(debug_assertions) {
         bail!(
-            "this chat-bench is a debug build, and comparing debug builds measures the \
-             compiler's checks, not the models: run `{build}`, then \
-             `target/release/chat-bench compare` (or `cargo run --release -p chat-bench -- compare`)"
+            "this chat-bench is a debug build, and debug servers measure the compiler's \
+             checks, not the models: run `{RELEASE_BUILD}`, then `target/release/chat-bench \
+             {command}` (or `cargo run --release -p chat-bench -- {command}`)"
         );
     }
     let exe = std::env::current_exe().context("cannot find chat-bench's own path")?;
     let dir = exe.parent().context("chat-bench's path has no folder")?;
+    Ok(dir.to_owned())
+}
+
+/// Every version's release binary, or an error naming the missing ones.
+fn find_servers() -> anyhow::Result<Vec<(Version, PathBuf)>> {
+    let dir = release_dir("compare")?;
     let mut found = Vec::new();
     let mut missing = Vec::new();
     for version in VERSIONS {
@@ -357,12 +396,21 @@ fn find_servers() -> anyhow::Result<Vec<(Version, PathBuf)>> {
     }
     if !missing.is_empty() {
         bail!(
-            "{} not found in {}: run `{build}` first",
+            "{} not found in {}: run `{RELEASE_BUILD}` first",
             missing.join(", "),
             dir.display()
         );
     }
     Ok(found)
+}
+
+/// One version's release binary, for `command`.
+pub fn find_server(version: &Version, command: &str) -> anyhow::Result<PathBuf> {
+    let path = release_dir(command)?.join(version.name);
+    if !path.is_file() {
+        bail!("{} not found: run `{RELEASE_BUILD}` first", path.display());
+    }
+    Ok(path)
 }
 
 /// `chat-bench compare`.
@@ -459,7 +507,7 @@ async fn run_one(
     if plan.kind == Kind::Idle {
         tokio::time::sleep(STORM_QUIET).await;
     }
-    let server = match Server::start(binary, version, max_clients) {
+    let server = match Server::start(binary, version, max_clients, &version.compare_args()) {
         Ok(server) => server,
         Err(error) => {
             record.error = Some(format!("{error:#}"));

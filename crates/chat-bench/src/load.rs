@@ -599,7 +599,7 @@ fn wait_until(due: u64) {
 }
 
 /// A new tag for each run, so lines from an earlier run (a server's history) never count.
-fn next_tag() -> RunTag {
+pub fn next_tag() -> RunTag {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let clock = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

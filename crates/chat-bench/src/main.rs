@@ -5,12 +5,16 @@
 //! target/release/chat-bench compare            # about a minute; --quick: about 15 s
 //! target/release/chat-bench run --addr 127.0.0.1:8080 --mode broadcast \
 //!     --clients 100 --senders 10 --messages 20000     # any running line-based chat server
+//! target/release/chat-bench soak --server v4-async --minutes 10   # PASS or FAIL
 //! ```
 //!
 //! `compare` starts each server itself (port 0, `RUST_LOG=warn`), drives real TCP clients at
 //! it, and writes `bench-results/<time>/`: `results.md` (the README's table with numbers),
 //! `results.json` (every run) and SVG charts. `run` measures one workload against a server
 //! that is already running, ours or anyone's (`--hello` for one that asks for a name first).
+//! `soak` runs one server for minutes under well-behaved, flooding, non-reading and churning
+//! clients at once, and judges it: nothing lost, no well-behaved client evicted, memory and
+//! descriptors flat (see [`soak`]).
 //!
 //! ## What it measures
 //!
@@ -69,6 +73,7 @@ mod load;
 mod procfs;
 mod progress;
 mod report;
+mod soak;
 mod tally;
 mod token;
 
@@ -107,6 +112,9 @@ enum Command {
     Compare(compare::Args),
     /// Run one workload against a server that is already running.
     Run(RunArgs),
+    /// Run a server for minutes under chatters, flooders, non-readers and churners, and judge
+    /// it: nothing lost, no well-behaved client evicted, memory and descriptors flat.
+    Soak(soak::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -182,6 +190,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Run(args) => runtime.block_on(run(args, descriptors)),
+        Command::Soak(args) => runtime.block_on(soak::soak(args, descriptors)),
     }
 }
 

@@ -11,6 +11,7 @@
 //! - Threads: `Threads:` from `/proc/PID/status`.
 //! - Context switches: `voluntary_ctxt_switches` and `nonvoluntary_ctxt_switches` summed over
 //!   `/proc/PID/task/*/status` (the per-process file counts only the main thread).
+//! - Open descriptors: the entries of `/proc/PID/fd` (a soak watches them for leaks).
 
 use std::path::PathBuf;
 
@@ -42,6 +43,14 @@ impl Process {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {} (has the server exited?)", path.display()))?;
         parse_status(&text).with_context(|| format!("unexpected contents of {}", path.display()))
+    }
+
+    /// How many descriptors it holds open now: sockets, the listener, pipes, its runtime's own.
+    pub fn open_fds(self) -> anyhow::Result<usize> {
+        let path = self.path("fd");
+        let entries = std::fs::read_dir(&path)
+            .with_context(|| format!("cannot read {} (has the server exited?)", path.display()))?;
+        Ok(entries.count())
     }
 
     /// CPU time and context switches of all its threads so far.
@@ -196,6 +205,10 @@ mod tests {
         let status = me.status().unwrap();
         assert!(status.rss_kb > 0 && status.peak_rss_kb >= status.rss_kb);
         assert!(status.threads >= 1);
+        assert!(
+            me.open_fds().unwrap() >= 1,
+            "at least the one reading /proc/self/fd"
+        );
         assert!(me.cpu_seconds().unwrap() >= 0.0);
         // Burn CPU until the kernel's accounting (updated at its ticks) shows some.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);

@@ -257,7 +257,7 @@ pub struct Machine {
 }
 
 impl Machine {
-    fn this_one() -> Machine {
+    pub fn this_one() -> Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         Machine {

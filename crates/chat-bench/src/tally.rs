@@ -5,6 +5,9 @@
 //! shared cache lines on the hot path); the run merges them at the end into one [`Totals`].
 //! A throughput number is only worth something next to these counts: a server that drops a
 //! tenth of its lines is not "faster".
+//!
+//! A [`SenderLedger`] knows how many lines its sender sends; a soak's senders send until a
+//! deadline, so its receivers keep a [`StreamLedger`] instead, judged at the end.
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -128,6 +131,115 @@ impl SenderLedger {
     /// Lines sent but never seen.
     pub fn lost(&self) -> u32 {
         self.expected - self.distinct
+    }
+}
+
+/// The most gaps a [`StreamLedger`] remembers. A gap costs a map entry, and a server that
+/// drops every other line would make one per line: past this many, a new gap is written off as
+/// lost at once, so a soak's memory stays bounded however broken the server is (its verdict
+/// is a failure by then anyway).
+const STREAM_GAPS_MAX: usize = 100_000;
+
+/// The lines one receiver got from one sender that sends for as long as a soak lasts, so that
+/// how many it sends is known only at the end. A [`SenderLedger`] keeps a bit per line; this
+/// keeps only the gaps (usually none), so an hour of flooding costs a few words.
+///
+/// A line past the highest seen opens a gap for the lines it skipped; a line that fills part
+/// of a gap arrived out of order; a line below the highest seen and in no gap is a duplicate.
+/// What is lost is judged at the end, against what the sender says it sent.
+#[derive(Debug, Clone, Default)]
+pub struct StreamLedger {
+    /// One past the highest sequence number seen.
+    next: u32,
+    /// Missing lines below `next`, as `start -> end` (exclusive) ranges.
+    gaps: std::collections::BTreeMap<u32, u32>,
+    /// Missing lines written off because too many gaps were open.
+    written_off: u64,
+    distinct: u64,
+    duplicated: u64,
+    out_of_order: u64,
+}
+
+impl StreamLedger {
+    /// Accounts for line `seq` and says what it was ([`Arrival::Unexpected`] is never returned:
+    /// a line past what was sent can only be told at the end, see [`StreamLedger::never_sent`]).
+    #[inline]
+    pub fn record(&mut self, seq: u32) -> Arrival {
+        if seq >= self.next {
+            if seq > self.next {
+                if self.gaps.len() < STREAM_GAPS_MAX {
+                    self.gaps.insert(self.next, seq);
+                } else {
+                    self.written_off += u64::from(seq - self.next);
+                }
+            }
+            self.next = seq.saturating_add(1);
+            self.distinct += 1;
+            return Arrival::InOrder;
+        }
+        // The gap that would hold `seq`: the last one starting at or before it.
+        let Some((&start, &end)) = self.gaps.range(..=seq).next_back() else {
+            self.duplicated += 1;
+            return Arrival::Duplicate;
+        };
+        if seq >= end {
+            self.duplicated += 1;
+            return Arrival::Duplicate;
+        }
+        self.gaps.remove(&start);
+        if start < seq {
+            self.gaps.insert(start, seq);
+        }
+        if seq + 1 < end {
+            self.gaps.insert(seq + 1, end);
+        }
+        self.distinct += 1;
+        self.out_of_order += 1;
+        Arrival::OutOfOrder
+    }
+
+    /// How many lines, from the first, have all arrived.
+    pub fn contiguous(&self) -> u32 {
+        self.gaps.keys().next().copied().unwrap_or(self.next)
+    }
+
+    /// One past the highest sequence number seen: every line below it that did not arrive
+    /// was surely sent, and so lost (or late).
+    pub fn seen_up_to(&self) -> u32 {
+        self.next
+    }
+
+    /// Lines `0..sent` that never arrived.
+    pub fn lost(&self, sent: u32) -> u64 {
+        let in_gaps: u64 = self
+            .gaps
+            .iter()
+            .map(|(&start, &end)| u64::from(end.min(sent).saturating_sub(start)))
+            .sum();
+        in_gaps + self.written_off + u64::from(sent.saturating_sub(self.next))
+    }
+
+    /// Lines that arrived with a sequence number the sender never reached.
+    pub fn never_sent(&self, sent: u32) -> u64 {
+        let beyond = u64::from(self.next.saturating_sub(sent));
+        let missing_beyond: u64 = self
+            .gaps
+            .iter()
+            .map(|(&start, &end)| u64::from(end.saturating_sub(start.max(sent))))
+            .sum();
+        beyond.saturating_sub(missing_beyond)
+    }
+
+    pub fn distinct(&self) -> u64 {
+        self.distinct
+    }
+
+    pub fn duplicated(&self) -> u64 {
+        self.duplicated
+    }
+
+    pub fn out_of_order(&self) -> u64 {
+        self.out_of_order
     }
 }
 
@@ -411,6 +523,82 @@ mod tests {
         assert_eq!(ledger.record(3), Arrival::Unexpected);
         assert_eq!(ledger.record(u32::MAX), Arrival::Unexpected);
         assert_eq!(ledger.distinct(), 0);
+    }
+
+    #[test]
+    fn a_stream_in_order_loses_nothing_once_all_sent_lines_arrived() {
+        let mut ledger = StreamLedger::default();
+        for seq in 0..1000 {
+            assert_eq!(ledger.record(seq), Arrival::InOrder);
+        }
+        assert_eq!(ledger.contiguous(), 1000);
+        assert_eq!((ledger.lost(1000), ledger.never_sent(1000)), (0, 0));
+        assert_eq!(ledger.lost(1003), 3, "sent but not (yet) arrived");
+    }
+
+    #[test]
+    fn a_stream_gap_is_lost_unless_its_lines_turn_up_late() {
+        let mut ledger = StreamLedger::default();
+        for seq in [0, 1, 5, 6] {
+            assert_eq!(ledger.record(seq), Arrival::InOrder);
+        }
+        assert_eq!(ledger.contiguous(), 2);
+        assert_eq!(ledger.lost(7), 3);
+        assert_eq!(
+            ledger.lost(ledger.seen_up_to()),
+            3,
+            "2, 3 and 4 surely were sent"
+        );
+        assert_eq!(ledger.record(3), Arrival::OutOfOrder);
+        assert_eq!(ledger.lost(7), 2);
+        assert_eq!(ledger.record(2), Arrival::OutOfOrder);
+        assert_eq!(ledger.record(4), Arrival::OutOfOrder);
+        assert_eq!(ledger.contiguous(), 7, "the gap closed");
+        assert_eq!(
+            (ledger.lost(7), ledger.out_of_order(), ledger.distinct()),
+            (0, 3, 7)
+        );
+    }
+
+    #[test]
+    fn a_stream_line_seen_twice_is_a_duplicate_inside_or_outside_gaps() {
+        let mut ledger = StreamLedger::default();
+        for seq in [0, 1, 4] {
+            ledger.record(seq);
+        }
+        assert_eq!(ledger.record(1), Arrival::Duplicate, "below the gap");
+        assert_eq!(ledger.record(4), Arrival::Duplicate, "the line after it");
+        assert_eq!(ledger.record(2), Arrival::OutOfOrder);
+        assert_eq!(ledger.record(2), Arrival::Duplicate, "once filled");
+        assert_eq!((ledger.duplicated(), ledger.distinct()), (3, 4));
+        assert_eq!(ledger.lost(5), 1);
+    }
+
+    #[test]
+    fn a_stream_line_past_what_was_sent_is_never_sent() {
+        let mut ledger = StreamLedger::default();
+        for seq in [0, 1, 2, 9] {
+            ledger.record(seq);
+        }
+        assert_eq!(
+            ledger.never_sent(3),
+            1,
+            "line 9; 3..9 is a gap, not arrivals"
+        );
+        assert_eq!(ledger.lost(3), 0);
+        assert_eq!(ledger.never_sent(10), 0);
+        assert_eq!(ledger.lost(10), 6);
+    }
+
+    #[test]
+    fn a_stream_with_too_many_gaps_writes_new_ones_off_as_lost() {
+        let mut ledger = StreamLedger::default();
+        let lines = (STREAM_GAPS_MAX as u32 + 10) * 2;
+        for seq in (0..lines).step_by(2) {
+            ledger.record(seq + 1);
+        }
+        assert_eq!(ledger.gaps.len(), STREAM_GAPS_MAX);
+        assert_eq!(ledger.lost(lines), u64::from(lines / 2));
     }
 
     #[test]
