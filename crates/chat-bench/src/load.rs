@@ -274,6 +274,11 @@ pub struct ServerReport {
     pub rss_accepted_kb: u64,
     /// `(rss_accepted - rss_before) / clients`.
     pub rss_per_client_bytes: f64,
+    /// Growth of the kernel's own memory (slab, kernel stacks, page tables: machine-wide, so
+    /// both ends of each loopback connection) divided by the clients; `None` if unreadable.
+    pub kernel_per_client_bytes: Option<f64>,
+    /// Growth of the server's memory mappings divided by the clients.
+    pub maps_per_client: f64,
     /// The kernel's high-water mark at the end of the run.
     pub peak_rss_kb: u64,
     /// The most threads seen (once everyone was in, and at the end).
@@ -661,6 +666,11 @@ pub async fn run(
         Some(process) => Some(process.status()?.rss_kb),
         None => None,
     };
+    let kernel_before_kb = crate::procfs::kernel_memory_kb().ok();
+    let maps_before = match target.process {
+        Some(process) => Some(process.memory_maps()?),
+        None => None,
+    };
 
     // Connect everyone, a storm of CONNECT_CONCURRENCY at a time; each receiver starts at once.
     progress.stage(format!("connecting {clients} clients"));
@@ -755,6 +765,11 @@ pub async fn run(
     }
     let accepted = match target.process {
         Some(process) => Some(process.status()?),
+        None => None,
+    };
+    let kernel_accepted_kb = crate::procfs::kernel_memory_kb().ok();
+    let maps_accepted = match target.process {
+        Some(process) => Some(process.memory_maps()?),
         None => None,
     };
 
@@ -892,6 +907,16 @@ pub async fn run(
                 rss_accepted_kb: accepted.rss_kb,
                 rss_per_client_bytes: (accepted.rss_kb as f64 - rss_before_kb as f64) * 1024.0
                     / clients as f64,
+                kernel_per_client_bytes: kernel_before_kb.zip(kernel_accepted_kb).map(
+                    |(before, accepted)| {
+                        (accepted as f64 - before as f64) * 1024.0 / clients as f64
+                    },
+                ),
+                maps_per_client: maps_before
+                    .zip(maps_accepted)
+                    .map_or(0.0, |(before, after)| {
+                        (after as f64 - before as f64) / clients as f64
+                    }),
                 peak_rss_kb: end.peak_rss_kb,
                 threads: accepted.threads.max(end.threads),
                 cpu_s,

@@ -12,11 +12,35 @@
 //! - Context switches: `voluntary_ctxt_switches` and `nonvoluntary_ctxt_switches` summed over
 //!   `/proc/PID/task/*/status` (the per-process file counts only the main thread).
 //! - Open descriptors: the entries of `/proc/PID/fd` (a soak watches them for leaks).
+//! - Memory mappings: the lines of `/proc/PID/maps` (each thread of v1 adds some, and Linux
+//!   caps a process at `vm.max_map_count` of them).
+//! - Kernel memory: `Slab`, `KernelStack` and `PageTables` from `/proc/meminfo`. That file is
+//!   system-wide, so a difference across a run counts both ends of every loopback connection
+//!   (chat-bench's and the server's sockets) plus whatever else the machine did meanwhile;
+//!   with thousands of connections, the connections dominate.
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use nix::unistd::{sysconf, SysconfVar};
+
+/// The kernel's own memory now, machine-wide, in KiB: slab caches (sockets, inodes, files,
+/// dentries, task structures), kernel stacks (one per thread) and page tables.
+pub fn kernel_memory_kb() -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").context("cannot read /proc/meminfo")?;
+    parse_kernel_memory(&text).context("unexpected contents of /proc/meminfo")
+}
+
+/// `Slab + KernelStack + PageTables` from the text of `/proc/meminfo`, in KiB.
+pub fn parse_kernel_memory(text: &str) -> Option<u64> {
+    let field = |name: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+    };
+    Some(field("Slab:")? + field("KernelStack:")? + field("PageTables:")?)
+}
 
 /// A reading of `/proc/PID/status`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -51,6 +75,14 @@ impl Process {
         let entries = std::fs::read_dir(&path)
             .with_context(|| format!("cannot read {} (has the server exited?)", path.display()))?;
         Ok(entries.count())
+    }
+
+    /// How many memory mappings it has now.
+    pub fn memory_maps(self) -> anyhow::Result<usize> {
+        let path = self.path("maps");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {} (has the server exited?)", path.display()))?;
+        Ok(text.lines().count())
     }
 
     /// CPU time and context switches of all its threads so far.
@@ -220,5 +252,13 @@ mod tests {
             usage = me.usage().unwrap();
         }
         assert!(usage.cpu_s > 0.0, "{usage:?}");
+    }
+
+    #[test]
+    fn kernel_memory_adds_slab_stacks_and_page_tables() {
+        let meminfo = "MemTotal: 24000000 kB\nSlab:  441156 kB\nSReclaimable: 379300 kB\n\
+                       KernelStack:  2904 kB\nPageTables:  1000 kB\n";
+        assert_eq!(parse_kernel_memory(meminfo), Some(441_156 + 2_904 + 1_000));
+        assert_eq!(parse_kernel_memory("Slab: 1 kB\n"), None);
     }
 }

@@ -295,6 +295,8 @@ pub struct Summary {
     pub peak_rss_kb: Option<u64>,
     pub threads: Option<u64>,
     pub rss_per_client_bytes: Option<f64>,
+    pub kernel_per_client_bytes: Option<f64>,
+    pub maps_per_client: Option<f64>,
     pub accept_ms: Option<f64>,
     pub cpu_ns_per_delivery: Option<f64>,
     pub context_switches_per_delivery: Option<f64>,
@@ -353,6 +355,8 @@ impl Summary {
                 .filter_map(|r| Some(r.server.as_ref()?.threads))
                 .max(),
             rss_per_client_bytes: pick(&|r| Some(r.server.as_ref()?.rss_per_client_bytes)),
+            kernel_per_client_bytes: pick(&|r| r.server.as_ref()?.kernel_per_client_bytes),
+            maps_per_client: pick(&|r| Some(r.server.as_ref()?.maps_per_client)),
             accept_ms: pick(&|r| Some(r.accept_ms)),
             cpu_ns_per_delivery: pick(&|r| r.server.as_ref()?.cpu_ns_per_delivery),
             context_switches_per_delivery: pick(&|r| {
@@ -570,6 +574,20 @@ pub fn summary_table(results: &Results) -> String {
             get(v, Kind::Idle).and_then(|s| s.rss_per_client_bytes),
             bytes,
         )
+    });
+    row(
+        "kernel memory per idle connection (both ends, machine-wide)".into(),
+        &|v| {
+            cell(
+                get(v, Kind::Idle).and_then(|s| s.kernel_per_client_bytes),
+                bytes,
+            )
+        },
+    );
+    row("memory mappings per idle connection".into(), &|v| {
+        cell(get(v, Kind::Idle).and_then(|s| s.maps_per_client), |maps| {
+            format!("{maps:.1}")
+        })
     });
     row(format!("{idle} clients accepted in"), &|v| {
         cell(get(v, Kind::Idle).and_then(|s| s.accept_ms), |ms| {
