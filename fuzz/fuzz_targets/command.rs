@@ -7,11 +7,12 @@
 //! - a name in `Nick(Some(name))` is never empty and holds no whitespace: `/nick two words` is
 //!   a usage error, whatever the space between the words;
 //! - `check_nick` accepts exactly the names of 1 to `NICK_MAX` (16) characters from
-//!   `A-Za-z0-9_-`, for the name `/nick` gives and for every word of the line.
+//!   `A-Za-z0-9_-` that are not one of `RESERVED_NICKS` in any case, for the name `/nick`
+//!   gives and for every word of the line.
 
 #![no_main]
 
-use chat_protocol::command::{check_nick, parse, Command, NICK_MAX};
+use chat_protocol::command::{check_nick, parse, Command, NICK_MAX, RESERVED_NICKS};
 use chat_protocol::sanitize;
 use libfuzzer_sys::fuzz_target;
 
@@ -42,4 +43,7 @@ fn is_valid_nick(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && !RESERVED_NICKS
+            .iter()
+            .any(|reserved| name.eq_ignore_ascii_case(reserved))
 }
