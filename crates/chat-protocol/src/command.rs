@@ -51,7 +51,9 @@ pub fn parse(line: &str) -> Command<'_> {
     let args = (!args.is_empty()).then_some(args);
     match word.to_ascii_lowercase().as_str() {
         "nick" => match args {
-            Some(name) if name.contains([' ', '\t']) => Command::Usage(NICK_USAGE),
+            // Any whitespace, not only the ASCII that separates words: `args` was trimmed of
+            // it all, and a name holding U+3000 is two words too.
+            Some(name) if name.contains(char::is_whitespace) => Command::Usage(NICK_USAGE),
             name => Command::Nick(name),
         },
         "list" => Command::List,
@@ -171,6 +173,14 @@ mod tests {
         assert_eq!(parse("/nick"), Command::Nick(None));
         assert_eq!(parse("/nick "), Command::Nick(None));
         assert_eq!(parse("/nick two words"), Command::Usage(NICK_USAGE));
+    }
+
+    #[test]
+    fn a_nick_with_unicode_whitespace_inside_is_two_words() {
+        // Found by `cargo fuzz run command`: U+1680 OGHAM SPACE MARK survived into the name.
+        assert_eq!(parse("/nick a\u{1680}b"), Command::Usage(NICK_USAGE));
+        assert_eq!(parse("/nick two\u{3000}words"), Command::Usage(NICK_USAGE));
+        assert_eq!(parse("/nick alice\u{2003}"), Command::Nick(Some("alice")));
     }
 
     #[test]

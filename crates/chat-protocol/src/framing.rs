@@ -80,7 +80,9 @@ impl LineFramer {
         }
         let held = self.partial.len() + rest.len();
         let ends_with_cr = rest.last() == Some(&b'\r');
-        if held > self.max_line + 1 || (held == self.max_line + 1 && !ends_with_cr) {
+        // Saturating: `new` takes any `usize`, and `usize::MAX + 1` would overflow.
+        let with_cr = self.max_line.saturating_add(1);
+        if held > with_cr || (held == with_cr && !ends_with_cr) {
             self.partial = Vec::new();
             self.discarding = true;
             on_frame(Frame::TooLong);
@@ -229,6 +231,16 @@ mod tests {
             assert!(framer.buffered() <= 1025);
         }
         assert_eq!(too_long, 1);
+    }
+
+    #[test]
+    fn the_largest_max_line_frames_lines_across_reads() {
+        // Found by `cargo fuzz run framer`: `max_line + 1` overflowed (a panic in debug builds;
+        // in release every unfinished read counted as too long).
+        assert_eq!(
+            frame_chunks(usize::MAX, &[b"a\r", b"\r\nb", b"c"]),
+            [line("a\r"), line("bc")]
+        );
     }
 
     /// Splits `bytes` at the given cut points (taken modulo its length).
