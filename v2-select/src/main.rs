@@ -93,17 +93,18 @@
 //!
 //! ## Since v1, and what the Python original got wrong
 //!
-//! v1 gave each client a thread that blocks; here no thread ever blocks, so a thousand clients
-//! cost a thousand table slots instead of a thousand stacks, and the state needs no lock. The
-//! price is that the code must remember, per client, what the stack of a v1 thread remembered:
-//! the unfinished line (the framer) and the unsent bytes (the outbox), and must decide itself
-//! when to stop reading a client, which v1's blocked thread did by just waiting.
+//! A client sees no difference: the same echo, the same line rules, and the same backpressure
+//! (send faster than you read, and TCP slows you down; nothing is dropped). What changed is
+//! inside. v1 gave each client a thread that blocks; here no thread ever blocks, so a thousand
+//! clients cost a thousand table slots instead of a thousand stacks, and the state needs no
+//! lock. The price is that the code must remember, per client, what the stack of a v1 thread
+//! remembered: the unfinished line (the framer) and the unsent bytes (the outbox), and must
+//! decide itself when to stop reading a client, which v1's blocked thread did by just waiting.
 //!
-//! The Python original was built on `select()`, so it inherited the `FD_SETSIZE` ceiling
-//! above, and it wrote with a plain `send` inside the loop. On a socket that is full, that
-//! either blocks the only thread (a blocking socket: everyone waits for one client) or sends
-//! only part of the line and drops the rest (a non-blocking one). The outbox and the `POLLIN`
-//! rule fix both; v3-broadcast shows what the blocking `send` did to a room.
+//! The Python v2 (see `docs/python-original.md`) was built on `select()`, so it inherited the
+//! `FD_SETSIZE` ceiling above and died at about the thousandth client; it printed what it read
+//! and sent nothing back, so it never met a full socket at all. Its sketch of a broadcast
+//! (`v2/ex.py`) called a blocking `send` inside the loop, which v3-broadcast shows the cost of.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -140,13 +141,11 @@ const MIN_READ: usize = 1024;
 
 /// Most connections accepted in one turn: as many as the kernel's accept queue holds
 /// ([`LISTEN_BACKLOG`]), so that one turn can empty a full queue. Every turn costs a `poll` over
-/// all clients (milliseconds with thousands of them), so in a connect storm a smaller batch
-/// means more turns; the queue overflows while the loop polls, and the kernel drops SYNs that
-/// are retried only a second later. Measured with `chat-bench`, 10 000 clients connecting at
-/// once: with batches of 256 the queue overflowed in 11 runs of 17 and they took 1.5 s to get
-/// in (median; up to 2.6 s); with this batch it overflowed in none of 13 runs and they took
-/// 0.6 s. The bound keeps a storm from starving the clients already here: an accept costs
-/// microseconds, so a full batch delays them by a few milliseconds.
+/// all clients, so in a connect storm a smaller batch means more turns; the queue overflows
+/// while the loop polls, and the kernel drops SYNs that the clients retry only a second later.
+/// With this batch, `docs/benchmarks/results.md` times a storm of 10 000 clients ("10000
+/// clients accepted in"). The bound keeps a storm from starving the clients already here: an
+/// accept costs microseconds, so a full batch delays them by a few milliseconds.
 const ACCEPT_BATCH: usize = LISTEN_BACKLOG as usize;
 
 /// How long the listener rests after an accept error such as `EMFILE` (out of descriptors).
@@ -201,15 +200,17 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     Server::new(listener, cli).run()
 }
 
-/// Everything the one thread owns. Nothing is shared with another thread, so nothing is locked.
+/// Everything the loop's thread owns. No other thread touches it, so nothing is locked. (The
+/// process has one more thread, the logger's, which only receives finished log lines: see
+/// `chat_protocol::startup::init_logging`.)
 #[derive(Debug)]
 struct Server {
     listener: TcpListener,
-    /// Connected clients, indexed by token. A client's slot is reused after it leaves, so the
-    /// table is as long as the most clients ever connected at once, and finding a client is an
-    /// index, not a hash lookup.
+    /// Connected clients; a client's id is the index of its slot. A slot is reused after its
+    /// client leaves, so the table is as long as the most clients ever connected at once, and
+    /// finding a client is an index, not a hash lookup.
     clients: Vec<Option<Client>>,
-    /// Tokens of the empty slots in `clients`.
+    /// Ids of the empty slots in `clients`.
     free: Vec<usize>,
     /// Occupied slots: what `--max-clients` limits.
     connected: usize,
@@ -303,8 +304,8 @@ impl Server {
                 Err(errno) => return Err(errno).context("poll failed"),
             };
             for i in 0..self.ready.len() {
-                let (token, events) = self.ready[i];
-                self.serve(token, events);
+                let (id, events) = self.ready[i];
+                self.serve(id, events);
             }
             // Before accepting, while `closing_ready` still lines up with `closing`.
             self.drain_closing();
@@ -341,17 +342,17 @@ impl Server {
         };
 
         // The array borrows every socket, so it lives only for this call; `ready` remembers
-        // which token each entry stood for.
+        // which id each entry stood for.
         let mut fds = Vec::with_capacity(1 + self.connected + self.closing.len());
         if accepting {
             fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
         }
         self.ready.clear();
-        for (token, slot) in self.clients.iter().enumerate() {
+        for (id, slot) in self.clients.iter().enumerate() {
             if let Some(client) = slot {
                 let interest = client.interest(self.max_queue, self.too_long.len());
                 fds.push(PollFd::new(client.stream.as_fd(), interest));
-                self.ready.push((token, PollFlags::empty()));
+                self.ready.push((id, PollFlags::empty()));
             }
         }
         for closing in &self.closing {
@@ -377,34 +378,34 @@ impl Server {
     }
 
     /// Does what one client's readiness allows: write, then read one chunk.
-    fn serve(&mut self, token: usize, events: PollFlags) {
-        let Some(client) = self.clients[token].as_mut() else {
+    fn serve(&mut self, id: usize, events: PollFlags) {
+        let Some(client) = self.clients[id].as_mut() else {
             return;
         };
         // An error or hang-up is reported even when not asked for. With echoes waiting, the
         // write reports it; with none, the read below does.
         if events.intersects(PollFlags::POLLOUT | PollFlags::POLLERR | PollFlags::POLLHUP) {
             if let Err(close) = client.outbox.flush(&client.stream) {
-                return self.close(token, close);
+                return self.close(id, close);
             }
         }
         if client.reading {
             if events.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
-                self.read_and_echo(token);
+                self.read_and_echo(id);
             }
         } else if client.outbox.is_empty()
             || events.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)
         {
             // Half-closed earlier, and now everything is sent, or the peer is gone entirely
             // and nobody will read the rest.
-            self.close(token, Close::Finished);
+            self.close(id, Close::Finished);
         }
     }
 
     /// Reads from a client as much as its outbox has room to answer, and echoes every line in
     /// it back to that client.
-    fn read_and_echo(&mut self, token: usize) {
-        let Some(client) = self.clients[token].as_mut() else {
+    fn read_and_echo(&mut self, id: usize) {
+        let Some(client) = self.clients[id].as_mut() else {
             return;
         };
         let room = client.readable(self.max_queue, self.too_long.len());
@@ -425,16 +426,16 @@ impl Server {
             Ok(n) => client.framer.push(&self.read_buf[..n], on_frame),
             // Readiness was stale (another reader, a spurious wake-up): try next turn.
             Err(error) if error.kind() == ErrorKind::WouldBlock => return,
-            Err(error) => return self.close(token, Close::Broken(error)),
+            Err(error) => return self.close(id, Close::Broken(error)),
         }
         let reply = self.reply.as_bytes();
         if !reply.is_empty() {
             if let Err(close) = client.outbox.send(&client.stream, reply) {
-                return self.close(token, close);
+                return self.close(id, close);
             }
         }
         if !client.reading && client.outbox.is_empty() {
-            self.close(token, Close::Finished);
+            self.close(id, Close::Finished);
         }
     }
 
@@ -514,7 +515,7 @@ impl Server {
         };
         info!("{} connected", client.name);
         match self.free.pop() {
-            Some(token) => self.clients[token] = Some(client),
+            Some(id) => self.clients[id] = Some(client),
             None => self.clients.push(Some(client)),
         }
         self.connected += 1;
@@ -538,11 +539,11 @@ impl Server {
     }
 
     /// Closes a client's socket and frees its slot.
-    fn close(&mut self, token: usize, close: Close) {
-        let Some(client) = self.clients[token].take() else {
+    fn close(&mut self, id: usize, close: Close) {
+        let Some(client) = self.clients[id].take() else {
             return;
         };
-        self.free.push(token);
+        self.free.push(id);
         self.connected -= 1;
         self.per_ip.remove(client.ip);
         if let Close::Broken(error) = close {

@@ -142,12 +142,8 @@ use tracing::{debug, info, warn};
 /// [`Server::room_free`]), and "a full read" is this much.
 const READ_CHUNK: usize = 16 * 1024;
 
-/// Most connections accepted in one turn: as many as the kernel's accept queue holds
-/// ([`LISTEN_BACKLOG`]), so that one turn can empty a full queue. Every turn costs a `poll` over
-/// all clients (milliseconds with thousands of them), so in a connect storm a smaller batch
-/// means more turns, the queue overflows while the loop polls, and the kernel drops SYNs that
-/// are retried only a second later. The bound keeps a storm from starving the clients already
-/// here: an accept costs microseconds, so a full batch delays them by a few milliseconds.
+/// Most connections accepted in one turn: the same batch as v2's, for the same reason (see
+/// `ACCEPT_BATCH` in v2-select): one turn can empty a full accept queue.
 const ACCEPT_BATCH: usize = LISTEN_BACKLOG as usize;
 
 /// Most chunks handed to the kernel in one `writev`. A client that keeps up has a few (one per
@@ -212,15 +208,16 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     Server::new(listener, cli).run()
 }
 
-/// Everything the one thread owns. Nothing is shared with another thread, so nothing is locked.
+/// Everything the loop's thread owns. No other thread touches it, so nothing is locked. (The
+/// process has one more thread, the logger's, which only receives finished log lines.)
 #[derive(Debug)]
 struct Server {
     listener: TcpListener,
-    /// Connections, indexed by token: a client's slot, reused after it is closed. The table is
+    /// Connections; a client's id is the index of its slot, reused after it is closed. The table is
     /// as long as the most connections ever open at once, and finding a client is an index, not
     /// a hash lookup.
     clients: Vec<Option<Client>>,
-    /// Tokens of the empty slots in `clients`.
+    /// Ids of the empty slots in `clients`.
     free: Vec<usize>,
     /// Admitted clients that still hold a descriptor, in the room or being closed: what
     /// `--max-clients` limits.
@@ -360,8 +357,8 @@ impl Server {
             };
             let ready = self.ready.len();
             for i in 0..ready {
-                let (token, events) = self.ready[(self.turns + i) % ready];
-                self.serve(token, events);
+                let (id, events) = self.ready[(self.turns + i) % ready];
+                self.serve(id, events);
             }
             self.turns = self.turns.wrapping_add(1);
             // Accepting after serving means a slot freed this turn is reused only once the
@@ -388,8 +385,8 @@ impl Server {
         let (read_need, max_queue) = (self.read_need, self.max_queue);
         // First, whoever is past its deadline goes. The leave notices that causes are queued for
         // the others, and so counted below.
-        for token in 0..self.clients.len() {
-            let Some(client) = &self.clients[token] else {
+        for id in 0..self.clients.len() {
+            let Some(client) = &self.clients[id] else {
                 continue;
             };
             if client.deadline.is_none_or(|deadline| now < deadline) {
@@ -397,11 +394,11 @@ impl Server {
             }
             match client.state {
                 State::InRoom if client.outbox.too_full_for(read_need, max_queue) => {
-                    self.drop_too_slow(token)
+                    self.drop_too_slow(id)
                 }
                 // It has room again: its deadline is cleared below.
                 State::InRoom => {}
-                State::Closing { .. } => self.close(token, Close::GraceOver),
+                State::Closing { .. } => self.close(id, Close::GraceOver),
             }
         }
         // Then the deadlines of those holding the room back, the room left in the fullest
@@ -473,16 +470,15 @@ impl Server {
         } else {
             false
         };
-        let tokens = self
+        let ids = self
             .clients
             .iter()
             .enumerate()
-            .filter_map(|(token, slot)| slot.as_ref().map(|_| token));
+            .filter_map(|(id, slot)| slot.as_ref().map(|_| id));
         self.ready.clear();
         self.ready.extend(
-            tokens
-                .zip(&fds)
-                .map(|(token, fd)| (token, reported(fd)))
+            ids.zip(&fds)
+                .map(|(id, fd)| (id, reported(fd)))
                 .filter(|(_, events)| !events.is_empty()),
         );
         Ok(listener_ready)
@@ -490,31 +486,31 @@ impl Server {
 
     /// Does what one client's readiness allows. A writable client is only marked: it is
     /// written to with everything else at the end of the turn.
-    fn serve(&mut self, token: usize, events: PollFlags) {
-        let Some(client) = self.clients[token].as_mut() else {
+    fn serve(&mut self, id: usize, events: PollFlags) {
+        let Some(client) = self.clients[id].as_mut() else {
             return;
         };
         if events.contains(PollFlags::POLLOUT) {
-            flush_at_end_of_turn(&mut self.to_flush, token, client);
+            flush_at_end_of_turn(&mut self.to_flush, id, client);
         }
         // A reset or hang-up shows up as POLLERR/POLLHUP, whatever was asked for.
         let gone = events.intersects(PollFlags::POLLHUP | PollFlags::POLLERR);
         let readable = gone || events.contains(PollFlags::POLLIN);
         match client.state {
-            State::InRoom if readable => self.read_and_relay(token, gone),
+            State::InRoom if readable => self.read_and_relay(id, gone),
             State::Closing {
                 write_shut: true, ..
-            } if readable => self.drain(token),
+            } if readable => self.drain(id),
             // Gone before it could be sent what it was owed.
-            State::Closing { .. } if gone => self.close(token, Close::HungUp),
+            State::Closing { .. } if gone => self.close(id, Close::HungUp),
             _ => {}
         }
     }
 
     /// Reads from a client in the room what the room has space for, and relays its lines to
     /// everyone else. `gone`: `poll` reported a reset or hang-up.
-    fn read_and_relay(&mut self, token: usize, gone: bool) {
-        let Some(client) = self.clients[token].as_mut() else {
+    fn read_and_relay(&mut self, id: usize, gone: bool) {
+        let Some(client) = self.clients[id].as_mut() else {
             return;
         };
         let want = readable_within(
@@ -530,7 +526,7 @@ impl Server {
             if gone {
                 let error = client.stream.take_error().ok().flatten();
                 let error = error.unwrap_or_else(|| ErrorKind::ConnectionReset.into());
-                self.close(token, Close::Broken(error));
+                self.close(id, Close::Broken(error));
             }
             return;
         }
@@ -561,48 +557,48 @@ impl Server {
             }
             // Readiness was stale (a spurious wake-up): try next turn.
             Err(error) if error.kind() == ErrorKind::WouldBlock => return,
-            Err(error) => return self.close(token, Close::Broken(error)),
+            Err(error) => return self.close(id, Close::Broken(error)),
         };
 
         if !self.to_sender.is_empty() {
             client.outbox.push(&Rc::from(self.to_sender.as_bytes()));
-            flush_at_end_of_turn(&mut self.to_flush, token, client);
+            flush_at_end_of_turn(&mut self.to_flush, id, client);
             self.spend(self.to_sender.len());
         }
         if !self.relay.is_empty() {
             // One copy of the chunk, shared by every receiver's queue.
-            self.broadcast(Some(token), &Rc::from(self.relay.as_bytes()));
+            self.broadcast(Some(id), &Rc::from(self.relay.as_bytes()));
         }
         if at_eof {
-            self.half_closed(token);
+            self.half_closed(id);
         }
     }
 
     /// A client half-closed: it leaves the room at once, and is closed once it has been sent
     /// what it is still owed (its end of the connection is already shut, so nothing is left
     /// unread).
-    fn half_closed(&mut self, token: usize) {
-        self.leave_room(token);
-        let Some(client) = self.clients[token].as_mut() else {
+    fn half_closed(&mut self, id: usize) {
+        self.leave_room(id);
+        let Some(client) = self.clients[id].as_mut() else {
             return;
         };
         if client.outbox.is_empty() {
-            self.close(token, Close::Done);
+            self.close(id, Close::Done);
         } else {
-            flush_at_end_of_turn(&mut self.to_flush, token, client);
+            flush_at_end_of_turn(&mut self.to_flush, id, client);
         }
     }
 
     /// Queues `chunk` for every client in the room except `except`. Nothing is written here:
     /// each receiver gets everything the turn gave it in one write, in [`Server::flush_turn`].
     fn broadcast(&mut self, except: Option<usize>, chunk: &Rc<[u8]>) {
-        for (token, slot) in self.clients.iter_mut().enumerate() {
+        for (id, slot) in self.clients.iter_mut().enumerate() {
             let Some(client) = slot else { continue };
-            if !client.in_room() || except == Some(token) {
+            if !client.in_room() || except == Some(id) {
                 continue;
             }
             client.outbox.push(chunk);
-            flush_at_end_of_turn(&mut self.to_flush, token, client);
+            flush_at_end_of_turn(&mut self.to_flush, id, client);
         }
         self.spend(chunk.len());
     }
@@ -618,10 +614,10 @@ impl Server {
     /// its write side shut down: our FIN follows the last byte it was owed.
     fn flush_turn(&mut self) {
         let mut next = 0;
-        while let Some(&token) = self.to_flush.get(next) {
+        while let Some(&id) = self.to_flush.get(next) {
             next += 1;
             // Empty if the client was closed since it was listed.
-            let Some(client) = self.clients[token].as_mut() else {
+            let Some(client) = self.clients[id].as_mut() else {
                 continue;
             };
             if !client.flush_due {
@@ -630,7 +626,7 @@ impl Server {
             }
             client.flush_due = false;
             if let Err(error) = client.outbox.flush(&client.stream) {
-                self.close(token, Close::Broken(error));
+                self.close(id, Close::Broken(error));
                 continue;
             }
             // Whether a client in the room holds the room back is decided in the review, for
@@ -639,7 +635,7 @@ impl Server {
                 if !*write_shut && client.outbox.is_empty() {
                     match client.stream.shutdown(Shutdown::Write) {
                         Ok(()) => *write_shut = true,
-                        Err(error) => self.close(token, Close::Broken(error)),
+                        Err(error) => self.close(id, Close::Broken(error)),
                     }
                 }
             }
@@ -649,8 +645,8 @@ impl Server {
 
     /// Drops a receiver that held the room back for `--stall-ms`: it leaves the room, and is
     /// sent `* error: too slow, disconnected` after what its socket already holds.
-    fn drop_too_slow(&mut self, token: usize) {
-        let Some(client) = self.clients[token].as_mut() else {
+    fn drop_too_slow(&mut self, id: usize) {
+        let Some(client) = self.clients[id].as_mut() else {
             return;
         };
         warn!(
@@ -659,21 +655,21 @@ impl Server {
         );
         client.outbox.drop_all_but_line_begun();
         client.outbox.push(&Rc::from(wire(TOO_SLOW)));
-        self.leave_room(token);
+        self.leave_room(id);
     }
 
     /// Reads and drops what a client being closed still sends, so that closing its socket
     /// finds no unread input (which would make the kernel send a reset, not a FIN).
-    fn drain(&mut self, token: usize) {
-        let Some(client) = self.clients[token].as_ref() else {
+    fn drain(&mut self, id: usize) {
+        let Some(client) = self.clients[id].as_ref() else {
             return;
         };
         match read_some(&client.stream, &mut self.read_buf) {
             // It closed its end too: nothing more can come.
-            Ok(0) => self.close(token, Close::Done),
+            Ok(0) => self.close(id, Close::Done),
             Ok(_) => {}
             Err(error) if error.kind() == ErrorKind::WouldBlock => {}
-            Err(error) => self.close(token, Close::Broken(error)),
+            Err(error) => self.close(id, Close::Broken(error)),
         }
     }
 
@@ -681,8 +677,8 @@ impl Server {
     /// The others hear of it while the room is small enough (the same rule as for joins: the
     /// number the notice carries is at most the limit). Every way out of the room comes
     /// through here: a half-close, a drop for being too slow, a reset or a failed socket.
-    fn leave_room(&mut self, token: usize) {
-        let Some(client) = self.clients[token].as_mut() else {
+    fn leave_room(&mut self, id: usize) {
+        let Some(client) = self.clients[id].as_mut() else {
             return;
         };
         if !client.in_room() {
@@ -703,12 +699,12 @@ impl Server {
     /// Closes a connection's socket and frees its slot; a client still in the room leaves it
     /// first. Closing never harms another client: a leave notice is only queued, and written
     /// with the rest of the turn's output.
-    fn close(&mut self, token: usize, why: Close) {
-        self.leave_room(token);
-        let Some(client) = self.clients[token].take() else {
+    fn close(&mut self, id: usize, why: Close) {
+        self.leave_room(id);
+        let Some(client) = self.clients[id].take() else {
             return;
         };
-        self.free.push(token);
+        self.free.push(id);
         if let State::Closing {
             turned_away: true, ..
         } = client.state
@@ -781,11 +777,11 @@ impl Server {
         // Each join is news for everyone: a room filling up would cost O(n^2) notices.
         let online = self.online + 1;
         let notice = (online <= self.announce_limit).then(|| wire(&joined(&client.name, online)));
-        let token = self.insert(client);
+        let id = self.insert(client);
         self.connected += 1;
         self.online = online;
         if let Some(notice) = notice {
-            self.broadcast(Some(token), &notice.into());
+            self.broadcast(Some(id), &notice.into());
         }
     }
 
@@ -807,19 +803,19 @@ impl Server {
         let mut client = Client::new(stream, addr, self.max_line, closing);
         client.outbox.push(&Rc::from(notice));
         client.deadline = Some(Instant::now() + CLOSING_GRACE);
-        let token = self.insert(client);
+        let id = self.insert(client);
         self.turning_away += 1;
-        if let Some(client) = self.clients[token].as_mut() {
-            flush_at_end_of_turn(&mut self.to_flush, token, client);
+        if let Some(client) = self.clients[id].as_mut() {
+            flush_at_end_of_turn(&mut self.to_flush, id, client);
         }
     }
 
-    /// Puts `client` in a free slot and returns its token.
+    /// Puts `client` in a free slot and returns its id.
     fn insert(&mut self, client: Client) -> usize {
         match self.free.pop() {
-            Some(token) => {
-                self.clients[token] = Some(client);
-                token
+            Some(id) => {
+                self.clients[id] = Some(client);
+                id
             }
             None => {
                 self.clients.push(Some(client));
@@ -879,12 +875,12 @@ fn reported(fd: &PollFd<'_>) -> PollFlags {
         .unwrap_or(PollFlags::POLLIN | PollFlags::POLLOUT)
 }
 
-/// Lists `client` (at `token`) for a write at the end of the turn, once however often it is
+/// Lists `client` (at `id`) for a write at the end of the turn, once however often it is
 /// given bytes during the turn.
-fn flush_at_end_of_turn(to_flush: &mut Vec<usize>, token: usize, client: &mut Client) {
+fn flush_at_end_of_turn(to_flush: &mut Vec<usize>, id: usize, client: &mut Client) {
     if !client.flush_due {
         client.flush_due = true;
-        to_flush.push(token);
+        to_flush.push(id);
     }
 }
 
