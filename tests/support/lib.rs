@@ -60,9 +60,14 @@ impl Server {
 
     /// The server process with `args`, logging at info, its output piped.
     fn spawn(self, args: &[&str]) -> Child {
+        self.spawn_logging(args, "info")
+    }
+
+    /// The server process with `args`, logging at `level` (`RUST_LOG`), its output piped.
+    fn spawn_logging(self, args: &[&str], level: &str) -> Child {
         Command::new(binary(self.name()))
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", level)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -85,6 +90,17 @@ impl Server {
             std::thread::sleep(Duration::from_millis(20));
         }
         child.wait_with_output().expect("collect output")
+    }
+
+    /// Like [`Server::start_unthrottled`], logging only warnings (`RUST_LOG=warn`, as the
+    /// benchmarks run): for floods of many thousands of lines, each of which `info` would log
+    /// and the test would keep. Evictions are warnings, so they are still logged.
+    pub fn start_unthrottled_quietly(self, args: &[&str]) -> Running {
+        let mut all = Vec::from(args);
+        if self == Server::V4Async {
+            all.extend(["--rate", "0"]);
+        }
+        Running::start_logging(self, &all, "warn")
     }
 }
 
@@ -160,9 +176,13 @@ pub struct Running {
 
 impl Running {
     fn start(server: Server, args: &[&str]) -> Running {
+        Running::start_logging(server, args, "info")
+    }
+
+    fn start_logging(server: Server, args: &[&str], level: &str) -> Running {
         let mut with_addr = vec!["--addr", "127.0.0.1:0"];
         with_addr.extend_from_slice(args);
-        let mut child = server.spawn(&with_addr);
+        let mut child = server.spawn_logging(&with_addr, level);
         let log = Arc::new(Log::default());
         log.collect(child.stdout.take().unwrap());
         log.collect(child.stderr.take().unwrap());
