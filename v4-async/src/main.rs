@@ -7,46 +7,73 @@
 //!
 //! **The model.** An accept loop spawns one task per client that reads lines and hands each one
 //! to every other member of the room, plus one *writer task* per client that drains that
-//! client's bounded outbound queue into its socket with `write_all().await`. Tokio multiplexes
-//! thousands of these tasks over a couple of threads, as v2's `poll` loop did by hand, but each
-//! task reads as plain sequential code.
+//! client's bounded outbound queue into its socket. Tokio multiplexes thousands of these tasks
+//! over a couple of threads, as v2's `poll` loop did by hand, but each task reads as plain
+//! sequential code.
 //!
 //! ```text
 //!                       +-- reader task A --+    push     +-- outbox B --+   writer task B
-//!  accept loop --spawn->|  read chunk        |----------->| bounded queue |--> write_all().await --> socket B
-//!                       |  frame, sanitise   |----------->| outbox C      |--> writer task C   --> socket C
-//!                       |  format once       |            +---------------+
-//!                       +--------------------+  (full? the client is evicted, the room goes on)
+//!  accept loop --spawn->|  wait for room     |----------->| bounded queue |--> write().await --> socket B
+//!                       |  read a chunk      |----------->| outbox C      |--> writer task C --> socket C
+//!                       |  frame, sanitise   |            +---------------+
+//!                       |  format once       |   room? every other queue at most half full
+//!                       +--------------------+   (one that stays fuller for --stall-ms is evicted)
 //! ```
 //!
 //! **Why a writer task per client.** The Python original relayed with
 //! `for w in writers: w.write(msg); await w.drain()`: the loop waits on each client in turn, so
-//! one client that stops reading stalls the broadcast for everybody. Here the sender only
-//! *pushes* into each receiver's queue, which never waits; each receiver's own writer task does
-//! the waiting (`write_all().await` suspends while that socket's kernel buffer is full). That
-//! wait is the backpressure: it slows exactly one queue, never the room.
+//! one client that stops reading stalls the broadcast for everybody, for as long as it likes.
+//! Here a reader only *pushes* into each receiver's queue; each receiver's own writer task waits
+//! for its socket (`write().await` suspends while that socket's kernel buffer is full), so how
+//! fast one receiver reads decides how fast its own queue drains, and nothing else.
 //!
-//! **Why the queue is bounded.** An unbounded queue turns a client that never reads into a
-//! memory leak. Each outbox holds at most `--max-queue` bytes (default 256 KiB) while its
-//! socket refuses bytes: the writer's socket is wrapped so that every `write` the kernel would
-//! not take is noted in the outbox. A push past the limit to such a client evicts it: its
-//! writer sends `* error: too slow, disconnected` if the socket still takes it, and the room
-//! carries on. A client that reads as fast as it can is never evicted: readers yield after
-//! every chunk they relay, so writers run between reads, and a queue past the limit whose
-//! writer simply has not had its turn yet is allowed to stretch (to four times the limit).
+//! **Backpressure: readers wait for room before they read.** Pushing without waiting is safe
+//! only if senders cannot outrun the receivers, and they easily could: a two-byte line `a\n`
+//! becomes a 26-byte chat line for every receiver. So a reader reads only when every other
+//! member's queue is at most half full, and then at most what can become no more than the free
+//! half (`message::relayed_bound`, the growth of the worst lines, gives the size). Checking and
+//! reserving that room is one step under the room lock, so two readers never count the same
+//! free space and no queue passes `--max-queue` (`Room::reserve` says why). Otherwise the
+//! reader waits, on a `Notify` that the full queue's writer signals once it has drained to
+//! half, and the sender's bytes wait in the kernel: its TCP window closes, and TCP slows the
+//! sender, as v1's blocking `write` did, but without a thread per client. Nothing is dropped.
+//!
+//! **Slow consumers, and the trade-off.** While one queue is more than half full, the whole
+//! room waits for it, so it may not do so for long. Its outbox notes since when it has held a
+//! reader back, and forgets it once the queue has drained to half; a queue that has held the
+//! room back for `--stall-ms` in a row (default 500 ms) is evicted: what it had queued is
+//! dropped, and the client reads `* error: too slow, disconnected` after what the kernel
+//! already holds for it (`close_with_notice`). A client that reads as fast as its socket allows
+//! drains half a queue in far less than that, so it is never evicted, whatever the senders do;
+//! one that stopped reading, or reads a trickle, costs the room a pause of at most `--stall-ms`
+//! and is gone. That number is the trade-off: a longer one forgives a client on a poor network
+//! more and lets one stalled client freeze the room for longer; a shorter one keeps the room
+//! lively and gives up on the slow sooner.
+//!
+//! **What memory this bounds.** Chat lines enter a queue only into room a reader reserved, so
+//! they never take it past `--max-queue` (default 256 KiB), except one read into a queue at
+//! most half full when not a byte more would fit (a tiny `--max-queue`, or a long line already
+//! held): one chunk may then pass, or such a line could never be relayed. Notices (answers,
+//! joins, leaves, renames) never wait for room, so they never hold a reader back; they may take
+//! a queue 64 KiB past the limit and are dropped for a client further behind than that. And a
+//! queue holds pointers, not copies: a relay is formatted once into an `Arc`, every receiver's
+//! queue points at the same bytes, and a writer hands the kernel its chunks where they are in
+//! one vectored write. So a thousand clients that never read cost one copy of what was said,
+//! plus a pointer per chunk each, until they are evicted.
 //!
 //! **What it costs.** Two small tasks and one queue per client: about 2.4 KB of memory per idle
 //! client (no buffers are held between messages), against v1's 14 KB thread and v3's 200-byte
-//! table slot. A relayed chunk is formatted once and shared by every receiver's queue through an
-//! `Arc`; each writer copies what is queued for it into one buffer for one `write` system call,
-//! and frees it after. The room is one `Mutex`, held only to push into queues, never across an
-//! `.await`. Measured by `chat-bench compare`: about 25 M deliveries/s with 100 clients, 32 ns
-//! of server CPU per delivery, 9 MB peak with 1000 clients in a burst.
+//! table slot. The room is one `Mutex`, held to check and reserve room and to push into queues,
+//! never across an `.await`; while no queue is over half full, a reader learns that from one
+//! counter, without looking at every queue. Measured by `chat-bench compare`: about 25 M
+//! deliveries/s with 100 clients, 32 ns of server CPU per delivery, 9 MB peak with 1000 clients
+//! in a burst.
 //!
-//! **What changed since v3.** v3 did the same bounded-buffer bookkeeping by hand in one `poll`
-//! loop: readiness flags, `POLLOUT` interest, partial writes. Tokio's reactor does that part
-//! now, so the code that is left is the chat: welcome, history, nicknames, commands, rate
-//! limits, idle timeouts and a graceful shutdown.
+//! **What changed since v3.** v3 does the same bookkeeping by hand in one `poll` loop:
+//! per-client byte queues, `POLLIN` taken away from senders while a receiver is full, `POLLOUT`,
+//! partial writes. Tokio's reactor does the waiting now, and a reader that waits for room is
+//! plain code that `.await`s; what is left is the chat: welcome, history, nicknames, commands,
+//! rate limits, idle timeouts and a graceful shutdown.
 //!
 //! **What an open room must bound.** Anyone can connect, so every convenience has a limit.
 //! The history a newcomer is replayed keeps at most `--history` lines and at most half a
@@ -58,27 +85,29 @@
 //! machine is exempt, so a class or a benchmark still can). A connection turned away, by it or
 //! by `--max-clients`, gets its notice, then our FIN, and its own bytes are read and dropped
 //! for a moment before the close, because closing over unread input resets the connection and
-//! can destroy the notice. No client can make the others see a notice the server did not
-//! send: the words that start notices are nobody's nickname, and a `/me` that would read as a
-//! join, a leave or a rename is refused. Ctrl-C, SIGTERM and SIGHUP (a closed terminal) all
+//! can destroy the notice; a client closed as too slow or idle is closed the same way. No
+//! client can make the others see a notice the server did not send: the words that start
+//! notices are nobody's nickname, and a `/me` that would read as a join, a leave or a rename is
+//! refused. Ctrl-C, SIGTERM and SIGHUP (a closed terminal) all
 //! end the server the same way: `* server shutting down` to everyone, then exit.
 
 mod history;
 mod rate;
 
 use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
 use std::io;
+use std::io::IoSlice;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chat_protocol::cli::{
-    addr_arg, in_range, AnnounceLimit, ConnectionLimits, QueueLimit, V4_ADDR_DEFAULT,
+    addr_arg, in_range, AnnounceLimit, ConnectionLimits, QueueLimit, StallLimit, V4_ADDR_DEFAULT,
 };
 use chat_protocol::command::{self, Command};
 use chat_protocol::framing::{Frame, LineFramer};
@@ -96,21 +125,28 @@ use tokio::task::JoinHandle;
 use crate::history::History;
 use crate::rate::TokenBucket;
 
-/// How much one read takes from a client before its lines are relayed. Bounded so that one
-/// sender hands on at most this much per turn, then lets the writers run.
+/// The most one read takes from a client. Usually the room's free space limits a read before
+/// this does (see [`Room::reserve`]); the buffer lives on the stack only while a read runs.
 const READ_CHUNK: usize = 16 * 1024;
 
-/// How far past `--max-queue` a queue may stretch while its writer has not yet had a turn
-/// to offer the bytes to the kernel: four times the limit, and at least a megabyte more than
-/// it (a few senders' formatted chunks, even with a tiny `--max-queue`). Bounds memory even if
-/// a writer were starved.
-fn stretched(limit: usize) -> usize {
-    const FACTOR: usize = 4;
-    const AT_LEAST: usize = 1024 * 1024;
-    limit
-        .saturating_mul(FACTOR)
-        .max(limit.saturating_add(AT_LEAST))
-}
+/// How far past `--max-queue` notices (replies, joins, leaves, renames) may take a queue. Chat
+/// lines are read only when they fit under `--max-queue`, but a notice never waits, so it needs
+/// room of its own: 64 KiB is hundreds of notices, more than a client that reads ever has
+/// waiting, and it bounds what one that does not read can cost (its notices are dropped past it).
+const NOTICE_ROOM: usize = 64 * 1024;
+
+/// Most queued chunks handed to the kernel in one vectored write: enough that a queue of short
+/// relays costs a few system calls, small enough for the stack of one `poll`.
+const WRITE_SLICES: usize = 64;
+
+/// How long closing a client with a last notice may take, from writing the notice to the
+/// client's own close ([`close_with_notice`]): time enough for a client to read the notice and
+/// close, short enough that a flood of refused or evicted connections holds few descriptors.
+const LAST_NOTICE_GRACE: Duration = Duration::from_secs(1);
+
+/// What [`close_with_notice`] reads at a time of what a departing client still sends; the bytes
+/// are thrown away.
+const DISCARD_BUFFER: usize = 1024;
 
 /// How long the accept loop waits after an `accept` error (out of descriptors, say) before
 /// trying again, instead of spinning on an error that will repeat.
@@ -119,14 +155,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How long a shutdown waits for writers to flush `* server shutting down` before exiting;
 /// the spec allows two seconds in all.
 const SHUTDOWN_FLUSH: Duration = Duration::from_millis(1500);
-
-/// How long a connection turned away (server full, too many from its address) may keep
-/// sending after its notice before it is closed anyway: time enough for a client to read the
-/// notice and close, short enough that a flood of refused connections holds few descriptors.
-const TURN_AWAY_LINGER: Duration = Duration::from_secs(1);
-
-/// What a turned-away connection's drain reads at a time; the bytes are thrown away.
-const DRAIN_BUFFER: usize = 1024;
 
 /// Default `--history`: enough recent lines for a newcomer to pick up the thread.
 const HISTORY_DEFAULT: usize = 20;
@@ -167,6 +195,9 @@ struct Cli {
 
     #[command(flatten)]
     queue: QueueLimit,
+
+    #[command(flatten)]
+    stall: StallLimit,
 
     #[command(flatten)]
     announce: AnnounceLimit,
@@ -290,7 +321,7 @@ async fn accept_loop(listener: &TcpListener, room: &Arc<Room>) {
         };
         // Chat lines are small and someone is waiting for each: send them now, not in 40 ms.
         let _ = socket.set_nodelay(true);
-        let outbox = Arc::new(Outbox::new(room.max_queue));
+        let outbox = Arc::new(room.new_outbox());
         match room.join(addr, &outbox) {
             Ok(id) => {
                 tracing::info!("{addr} connected");
@@ -306,22 +337,10 @@ async fn accept_loop(listener: &TcpListener, room: &Arc<Room>) {
 }
 
 /// Tells a connection that may not join why, and closes it so that the notice arrives
-/// (SPEC 4): the notice, then our FIN, then whatever the client still sends is read and thrown
-/// away until it closes too, or for [`TURN_AWAY_LINGER`] at most. Closing with unread input
-/// (telnet speaks first) would make the kernel answer with a reset, which can destroy the
-/// notice before the client reads it. In a task of its own, so the accept loop never waits.
+/// ([`close_with_notice`]; telnet speaks first, so there may be unread input). In a task of its
+/// own, so the accept loop never waits.
 fn turn_away(socket: TcpStream, notice: String) {
-    tokio::spawn(async move {
-        let (mut reader, mut writer) = socket.into_split();
-        let goodbye = async {
-            writer.write_all(&message::wire(&notice)).await?;
-            writer.shutdown().await?;
-            let mut discard = [0u8; DRAIN_BUFFER];
-            while reader.read(&mut discard).await? > 0 {}
-            io::Result::Ok(())
-        };
-        let _ = tokio::time::timeout(TURN_AWAY_LINGER, goodbye).await;
-    });
+    tokio::spawn(async move { close_with_notice(socket, &[], &notice).await });
 }
 
 /// One client's session: its writer task runs beside this reader loop until either ends.
@@ -351,15 +370,60 @@ async fn serve_client(
         quit: None,
     };
     let mut framer = LineFramer::new(room.max_line);
-    let why = session
+    let ending = session
         .read_loop(&reader, &mut framer, &mut writer_task)
         .await;
     let name = &session.name;
     let reason = session.quit.as_ref().and_then(|reason| reason.as_deref());
     room.leave(id, name, reason);
-    tracing::info!("{name} disconnected ({why})");
+    tracing::info!("{name} disconnected ({})", ending.why());
     // The writer sends whatever is still queued (the reply to a last line, say), then closes.
     session.outbox.close();
+    if let Ending::Closed {
+        notice,
+        socket,
+        unsent,
+        ..
+    } = ending
+    {
+        if let Ok(socket) = reader.reunite(socket) {
+            // Boxed: the closing's state is needed once, not in every idle client's task.
+            Box::pin(close_with_notice(socket, &unsent, &notice)).await;
+        }
+    }
+}
+
+/// Closes a client with a last notice that arrives (SPEC 4): every close that has something to
+/// say comes here (too slow, idle, server full, too many from one address). The caller has
+/// stopped reading the client. This writes `unsent` (the rest of a line the client was in the
+/// middle of receiving, so that the notice starts a line of its own) and the notice, then shuts
+/// down the write side, so that the client reads the notice and then a clean end of stream;
+/// meanwhile it reads and discards whatever the client still sends, until the client closes its
+/// side too; all of that within [`LAST_NOTICE_GRACE`]. Only then is the socket closed. Closing
+/// it at once would be simpler and wrong: closing a socket with unread input makes the kernel
+/// answer with a reset, and a reset destroys what the client has not read yet, the notice
+/// first.
+async fn close_with_notice(mut socket: TcpStream, unsent: &[u8], notice: &str) {
+    let mut last_words = unsent.to_vec();
+    last_words.extend_from_slice(&message::wire(notice));
+    let (mut from_client, mut to_client) = socket.split();
+    let say = async {
+        to_client.write_all(&last_words).await?;
+        to_client.shutdown().await
+    };
+    let discard = async {
+        // On the heap and only while closing, not in every client task's future.
+        let mut sink = vec![0u8; DISCARD_BUFFER];
+        while from_client.read(&mut sink).await? > 0 {}
+        io::Result::Ok(())
+    };
+    let closing = async { tokio::join!(say, discard) };
+    if tokio::time::timeout(LAST_NOTICE_GRACE, closing)
+        .await
+        .is_err()
+    {
+        tracing::debug!("closed a client that had not taken its last notice and closed in time");
+    }
 }
 
 /// What one reader task knows about its client.
@@ -383,8 +447,41 @@ struct Session {
     quit: Option<Option<String>>,
 }
 
-/// Why a session ended, for the log.
-type Ending = &'static str;
+/// Why a session ended.
+enum Ending {
+    /// The client left, or its connection broke; says how, for the log.
+    Left(&'static str),
+    /// The server closes the connection, with a notice that says why: the client's writer has
+    /// stopped and handed back its socket, and what it still owed of a line.
+    Closed {
+        why: &'static str,
+        notice: String,
+        socket: OwnedWriteHalf,
+        unsent: Vec<u8>,
+    },
+}
+
+impl Ending {
+    /// The session ends because the writer task did: evicted as too slow, or the socket broke.
+    fn writer_ended(end: Result<WriterEnd, tokio::task::JoinError>) -> Self {
+        match end {
+            Ok(WriterEnd::Stopped { socket, unsent }) => Ending::Closed {
+                why: "too slow",
+                notice: message::TOO_SLOW.to_owned(),
+                socket,
+                unsent,
+            },
+            _ => Ending::Left("connection lost"),
+        }
+    }
+
+    /// For the log line.
+    fn why(&self) -> &'static str {
+        match self {
+            Ending::Left(why) | Ending::Closed { why, .. } => why,
+        }
+    }
+}
 
 impl Session {
     /// Reads and relays until the client leaves; says why it ended.
@@ -392,7 +489,7 @@ impl Session {
         &mut self,
         reader: &OwnedReadHalf,
         framer: &mut LineFramer,
-        writer_task: &mut JoinHandle<()>,
+        writer_task: &mut JoinHandle<WriterEnd>,
     ) -> Ending {
         loop {
             let idle = async {
@@ -406,36 +503,70 @@ impl Session {
             tokio::select! {
                 ready = reader.readable() => {
                     if ready.is_err() {
-                        return "read error";
+                        return Ending::Left("read error");
                     }
                 }
                 // The writer ends only when the client is gone or evicted: stop reading too.
-                _ = &mut *writer_task => return "connection lost",
+                end = &mut *writer_task => return Ending::writer_ended(end),
                 () = idle => {
+                    if !self.outbox.stop() {
+                        // Evicted at the same moment: the writer says so.
+                        return Ending::writer_ended(writer_task.await);
+                    }
+                    let Ok(WriterEnd::Stopped { socket, unsent }) = writer_task.await else {
+                        return Ending::Left("connection lost");
+                    };
                     let secs = self.room.idle_timeout.map_or(0, |t| t.as_secs());
-                    self.reply(&message::idle_timeout(secs));
-                    return "idle";
+                    let notice = message::idle_timeout(secs);
+                    return Ending::Closed { why: "idle", notice, socket, unsent };
                 }
             }
-            match self.read_chunk(reader, framer) {
+            // The backpressure: no read until every other queue has room for what it becomes.
+            // Meanwhile this client's bytes wait in the kernel, and TCP slows the client.
+            let room = tokio::select! {
+                room = self.room_for_a_read(framer) => room,
+                end = &mut *writer_task => return Ending::writer_ended(end),
+            };
+            let read = self.read_chunk(reader, framer, room.read);
+            self.room.settle(room);
+            match read {
                 Ok(true) => {}
-                Ok(false) => return "end of stream",
+                Ok(false) => return Ending::Left("end of stream"),
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(_) => return "connection reset",
+                Err(_) => return Ending::Left("connection reset"),
             }
             if self.quit.is_some() {
-                return "quit";
+                return Ending::Left("quit");
             }
-            // One chunk per turn: let the writers (and other readers) run before reading more.
-            tokio::task::yield_now().await;
         }
     }
 
-    /// Reads one chunk without waiting and acts on its lines; false at end of stream.
-    /// Not `async`: the buffer lives on the stack for this call only, not in every idle task.
-    fn read_chunk(&mut self, reader: &OwnedReadHalf, framer: &mut LineFramer) -> io::Result<bool> {
+    /// Waits until every other member's queue has room for what this client's next read could
+    /// become, and reserves it; see [`Room::reserve`].
+    async fn room_for_a_read(&self, framer: &LineFramer) -> Reservation {
+        // After a `/nick` in the middle of a read, its lines carry a name that may be longer.
+        let name_len = self.name.len().max(command::NICK_MAX);
+        loop {
+            match self.room.reserve(self.id, name_len, framer.buffered()) {
+                Verdict::Read(reservation) => return reservation,
+                // Boxed: waiting is the exception, so its state is not kept in every task.
+                Verdict::WaitFor(receiver) => Box::pin(receiver.wait()).await,
+                Verdict::WaitForReads => Box::pin(self.room.wait_for_reads()).await,
+            }
+        }
+    }
+
+    /// Reads at most `limit` bytes without waiting and acts on their lines; false at end of
+    /// stream. Not `async`: the buffer lives on the stack for this call only, not in every idle
+    /// task.
+    fn read_chunk(
+        &mut self,
+        reader: &OwnedReadHalf,
+        framer: &mut LineFramer,
+        limit: usize,
+    ) -> io::Result<bool> {
         let mut chunk = [0u8; READ_CHUNK];
-        let n = reader.try_read(&mut chunk)?;
+        let n = reader.try_read(&mut chunk[..limit.min(READ_CHUNK)])?;
         let max_line = framer.max_line();
         let on_frame = |frame: Frame<'_>| match frame {
             Frame::Line(raw) => self.on_line(raw),
@@ -511,15 +642,11 @@ impl Session {
                     Err(refusal) => self.reply(&refusal),
                 }
             }
-            Command::List => {
-                for line in self.room.list() {
-                    self.reply(&line);
-                }
-            }
+            Command::List => self.reply_lines(&self.room.list()),
             Command::Pm { to, text } => {
                 self.flush_relay();
                 let line = message::private(&self.name, text);
-                if !self.room.send_private(to, &line) {
+                if !self.room.send_private(self.id, to, &line) {
                     self.reply(&message::no_such_user(to));
                 }
             }
@@ -527,11 +654,7 @@ impl Session {
                 self.flush_relay();
                 self.quit = Some(reason.map(str::to_owned));
             }
-            Command::Help => {
-                for line in message::HELP {
-                    self.reply(line);
-                }
-            }
+            Command::Help => self.reply_lines(message::HELP),
             Command::Usage(usage) => self.reply(&message::usage(usage)),
             Command::Unknown(word) => self.reply(&message::unknown_command(word)),
         }
@@ -554,99 +677,160 @@ impl Session {
 
     /// A notice for this client only.
     fn reply(&self, line: &str) {
-        self.outbox.push(Chunk::from(message::wire(line)));
+        self.reply_lines(&[line]);
+    }
+
+    /// Notices for this client only, as one chunk: an answer of several lines (`/help`,
+    /// `/list`) is queued whole or, for a client too far behind, dropped whole.
+    fn reply_lines(&self, lines: &[impl AsRef<str>]) {
+        let mut answer = Vec::new();
+        for line in lines {
+            answer.extend_from_slice(&message::wire(line.as_ref()));
+        }
+        if self.outbox.push_notice(Chunk::from(answer)).is_err() {
+            tracing::debug!("{}: answer dropped, too far behind", self.name);
+        }
     }
 }
 
 /// Bytes on their way to clients. One chunk, formatted once, is shared by every receiver.
 type Chunk = Arc<[u8]>;
 
-/// Drains one client's outbox into its socket until the client is gone or evicted.
-async fn write_loop(outbox: Arc<Outbox>, socket: OwnedWriteHalf) {
-    let mut socket = WatchedSocket {
-        socket,
-        outbox: Arc::clone(&outbox),
-    };
+/// How a writer task ended.
+enum WriterEnd {
+    /// Its outbox was closed and everything queued was written; the socket closes with it.
+    Flushed,
+    /// The socket failed: the client is gone.
+    Failed,
+    /// The writer was stopped (the client was evicted, or is idle) and hands back its socket,
+    /// for the last notice, with the rest of the line it was in the middle of writing, if any.
+    Stopped {
+        socket: OwnedWriteHalf,
+        unsent: Vec<u8>,
+    },
+}
+
+/// Drains one client's outbox into its socket until the client is gone or the writer is
+/// stopped.
+async fn write_loop(outbox: Arc<Outbox>, mut socket: OwnedWriteHalf) -> WriterEnd {
     loop {
-        let batch = match outbox.take_batch() {
-            Batch::Bytes(batch) => batch,
+        let mut batch = match outbox.take_batch() {
+            Batch::Chunks(chunks) => chunks,
             Batch::Empty => {
                 outbox.ready.notified().await;
                 continue;
             }
-            Batch::Closed => return,
-            Batch::Evicted => break,
+            Batch::Closed => return WriterEnd::Flushed,
+            Batch::Stopped => {
+                let unsent = Vec::new();
+                return WriterEnd::Stopped { socket, unsent };
+            }
         };
-        tokio::select! {
-            // The drain: suspends while this client's kernel buffer is full. Only this
-            // client's queue waits; senders keep pushing until it hits --max-queue.
-            written = socket.write_all(&batch) => {
-                if written.is_err() {
-                    return;
+        // Bytes of the batch's first chunk already written.
+        let mut offset = 0;
+        while !batch.is_empty() {
+            tokio::select! {
+                // Suspends while this client's kernel buffer is full: only this writer waits.
+                written = write_chunks(&mut socket, &batch, offset) => match written {
+                    Ok(n) if n > 0 => {
+                        outbox.sent(n);
+                        offset = skip_written(&mut batch, offset + n);
+                    }
+                    _ => return WriterEnd::Failed,
+                },
+                () = outbox.stopped.notified() => {
+                    let unsent = rest_of_line(&batch, offset);
+                    return WriterEnd::Stopped { socket, unsent };
                 }
             }
-            () = outbox.evicted.notified() => break,
         }
-        outbox.sent(batch.len());
     }
-    // Evicted: one attempt to say why, without waiting for a socket that is not being read.
-    let _ = socket
-        .socket
-        .try_write(message::wire(message::TOO_SLOW).as_slice());
 }
 
-/// The writer's socket, telling the outbox whether the kernel took the last bytes offered.
-/// That is what "full" means: only a client whose socket refused bytes can be evicted, never
-/// one whose writer simply has not had its turn yet.
-struct WatchedSocket {
-    socket: OwnedWriteHalf,
-    outbox: Arc<Outbox>,
+/// One vectored write of the queued chunks, starting `offset` bytes into the first: the
+/// chunks are shared with every other receiver's queue and written from where they are, never
+/// copied per receiver. The slices live on the stack of one `poll`, not in the writer's future.
+fn write_chunks<'a>(
+    socket: &'a mut OwnedWriteHalf,
+    batch: &'a VecDeque<Chunk>,
+    offset: usize,
+) -> impl Future<Output = io::Result<usize>> + 'a {
+    std::future::poll_fn(move |cx| {
+        let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+        let mut count = 0;
+        for (slice, chunk) in slices.iter_mut().zip(batch) {
+            let unwritten = if count == 0 { &chunk[offset..] } else { chunk };
+            *slice = IoSlice::new(unwritten);
+            count += 1;
+        }
+        Pin::new(&mut *socket).poll_write_vectored(cx, &slices[..count])
+    })
 }
 
-impl AsyncWrite for WatchedSocket {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bytes: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let written = Pin::new(&mut this.socket).poll_write(cx, bytes);
-        this.outbox
-            .socket_full
-            .store(written.is_pending(), Ordering::Relaxed);
-        written
+/// Drops the chunks that `written` bytes (counted from the start of the first) covered;
+/// returns how far into the new first chunk they reached.
+fn skip_written(batch: &mut VecDeque<Chunk>, mut written: usize) -> usize {
+    while let Some(first) = batch.front() {
+        if written < first.len() {
+            return written;
+        }
+        written -= first.len();
+        batch.pop_front();
     }
+    0
+}
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.socket).poll_flush(cx)
+/// What is left of the line being written when a writer stops `offset` bytes into the first
+/// chunk: a chunk holds whole lines, so the line ends within it.
+fn rest_of_line(batch: &VecDeque<Chunk>, offset: usize) -> Vec<u8> {
+    let Some(first) = batch.front() else {
+        return Vec::new();
+    };
+    if offset == 0 || first[offset - 1] == b'\n' {
+        return Vec::new();
     }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.socket).poll_shutdown(cx)
-    }
+    let rest = &first[offset..];
+    let end = rest
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(rest.len(), |i| i + 1);
+    rest[..end].to_vec()
 }
 
 /// One client's bounded outbound queue, shared by every task that sends to it.
+///
+/// What counts against `--max-queue` is everything queued or being written. Chat lines are
+/// pushed only into room a reader reserved before reading ([`Room::reserve`]); notices are
+/// pushed without waiting, up to [`NOTICE_ROOM`] past the limit. A queue more than half full
+/// holds the room's readers back until it has drained to half; [`Outbox::holding_back`] notes
+/// since when, and a queue that holds them back for `--stall-ms` is evicted.
 #[derive(Debug)]
 struct Outbox {
     state: Mutex<OutboxState>,
-    /// `--max-queue`: bytes queued or being written beyond which a client whose socket refuses
-    /// bytes is evicted.
+    /// `--max-queue`.
     limit: usize,
-    /// True while the kernel refuses this client's bytes (its last write would have blocked).
-    socket_full: AtomicBool,
+    /// How many of the room's open queues are more than half full, this one included while it
+    /// is: while none is, a reader needs to look at no queue to know it may read.
+    queues_over_half: Arc<AtomicUsize>,
     /// Wakes the writer: something was queued, or the outbox was closed.
     ready: Notify,
-    /// Wakes a writer stuck in `write_all`: the client was evicted.
-    evicted: Notify,
+    /// Wakes a writer stuck writing: it must stop.
+    stopped: Notify,
+    /// Wakes readers waiting for room here: the queue drained to half, or closed.
+    has_room: Notify,
 }
 
 #[derive(Debug, Default)]
 struct OutboxState {
     chunks: VecDeque<Chunk>,
-    /// Bytes in `chunks` plus the batch the writer is writing now.
-    bytes: usize,
+    /// Bytes in `chunks` plus those of the writer's batch not yet written.
+    queued: usize,
     closing: Closing,
+    /// Since when this queue, more than half full, has held a reader back; `None` again once
+    /// it drains to half.
+    holding_back_since: Option<Instant>,
+    /// A reader waits for this queue to drain to half: wake it then.
+    reader_waiting: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -655,36 +839,32 @@ enum Closing {
     Open,
     /// Send what is queued, then close (the client left, or the server is shutting down).
     AfterFlush,
-    /// Too slow: drop what is queued and close now.
-    Evicted,
+    /// Evicted as too slow, or idle: drop what is queued, stop the writer now and hand its
+    /// socket back for the last notice.
+    Stopped,
 }
 
 /// What the writer finds when it looks at its outbox.
 enum Batch {
-    Bytes(Vec<u8>),
+    Chunks(VecDeque<Chunk>),
     Empty,
     Closed,
-    Evicted,
+    Stopped,
 }
 
-/// What became of a push.
-#[derive(Debug, PartialEq, Eq)]
-enum Pushed {
-    Queued,
-    /// This push evicted the client.
-    Evicted,
-    /// The client was already leaving; the bytes were dropped.
-    Refused,
-}
+/// A notice was dropped: the client has [`NOTICE_ROOM`] more than `--max-queue` waiting.
+#[derive(Debug)]
+struct TooFarBehind;
 
 impl Outbox {
-    fn new(limit: usize) -> Self {
+    fn new(limit: usize, queues_over_half: Arc<AtomicUsize>) -> Self {
         Self {
             state: Mutex::default(),
             limit,
-            socket_full: AtomicBool::new(false),
+            queues_over_half,
             ready: Notify::new(),
-            evicted: Notify::new(),
+            stopped: Notify::new(),
+            has_room: Notify::new(),
         }
     }
 
@@ -695,39 +875,74 @@ impl Outbox {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues `chunk`, or evicts the client if its queue is full. Never waits.
-    ///
-    /// Full means past `--max-queue` while the socket refuses bytes: the client is not reading.
-    /// Past the limit while the writer has merely not run yet (a burst from many senders in one
-    /// turn), the queue may stretch, up to [`stretched`] bytes.
-    fn push(&self, chunk: Chunk) -> Pushed {
-        let mut state = self.lock();
-        if state.closing != Closing::Open {
-            return Pushed::Refused;
-        }
-        let queued = state.bytes + chunk.len();
-        let full = queued > self.limit && self.socket_full.load(Ordering::Relaxed);
-        if full || queued > stretched(self.limit) {
-            state.closing = Closing::Evicted;
-            state.chunks = VecDeque::new();
-            drop(state);
-            self.evicted.notify_one();
-            self.ready.notify_one();
-            return Pushed::Evicted;
-        }
-        state.bytes += chunk.len();
-        state.chunks.push_back(chunk);
-        drop(state);
-        self.ready.notify_one();
-        Pushed::Queued
+    /// Half of `--max-queue`: a queue fuller than this holds readers back.
+    fn half(&self) -> usize {
+        self.limit / 2
     }
 
-    /// Everything queued, copied into one buffer for one `write_all`: one system call for many
-    /// lines. The buffer is dropped after each write, so an idle client holds none.
+    /// Whether this queue holds readers back now: open and more than half full.
+    fn over_half(&self, state: &OutboxState) -> bool {
+        state.closing == Closing::Open && state.queued > self.half()
+    }
+
+    /// Applies `change` to the state, keeping [`Outbox::queues_over_half`] and the waiting
+    /// readers up to date with whether this queue holds readers back.
+    fn update<T>(&self, change: impl FnOnce(&mut OutboxState) -> T) -> T {
+        let mut state = self.lock();
+        let was_over = self.over_half(&state);
+        let result = change(&mut state);
+        let is_over = self.over_half(&state);
+        if is_over && !was_over {
+            self.queues_over_half.fetch_add(1, Ordering::SeqCst);
+        } else if was_over && !is_over {
+            self.queues_over_half.fetch_sub(1, Ordering::SeqCst);
+            state.holding_back_since = None;
+            if std::mem::take(&mut state.reader_waiting) {
+                self.has_room.notify_waiters();
+            }
+        }
+        result
+    }
+
+    /// Queues `chunk` without looking at the limit, unless the client is leaving: for chat
+    /// lines a reader reserved room for, and the one goodbye at shutdown.
+    fn push(&self, chunk: Chunk) {
+        let _ = self.queue(chunk, usize::MAX);
+    }
+
+    /// Queues a notice, which never waits, unless the client is leaving; drops it if the client
+    /// is [`NOTICE_ROOM`] past `--max-queue` behind. A queue short of that takes a whole notice,
+    /// however long (a welcome with the history, a `/list`), so a notice is never cut.
+    fn push_notice(&self, chunk: Chunk) -> Result<(), TooFarBehind> {
+        self.queue(chunk, self.limit.saturating_add(NOTICE_ROOM))
+    }
+
+    /// Queues `chunk` unless the client is leaving, or refuses it if `full` bytes or more are
+    /// queued already.
+    fn queue(&self, chunk: Chunk, full: usize) -> Result<(), TooFarBehind> {
+        let queued = self.update(|state| {
+            if state.closing != Closing::Open {
+                return Ok(false);
+            }
+            if state.queued >= full {
+                return Err(TooFarBehind);
+            }
+            state.queued += chunk.len();
+            state.chunks.push_back(chunk);
+            Ok(true)
+        })?;
+        if queued {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Everything queued, for the writer to write from where it is. The queue starts afresh,
+    /// so an idle client holds no buffer.
     fn take_batch(&self) -> Batch {
         let mut state = self.lock();
-        if state.closing == Closing::Evicted {
-            return Batch::Evicted;
+        if state.closing == Closing::Stopped {
+            return Batch::Stopped;
         }
         if state.chunks.is_empty() {
             return match state.closing {
@@ -735,28 +950,78 @@ impl Outbox {
                 _ => Batch::Closed,
             };
         }
-        let mut batch = Vec::with_capacity(state.chunks.iter().map(|c| c.len()).sum());
-        for chunk in state.chunks.drain(..) {
-            batch.extend_from_slice(&chunk);
-        }
-        state.chunks = VecDeque::new();
-        Batch::Bytes(batch)
+        Batch::Chunks(std::mem::take(&mut state.chunks))
     }
 
-    /// The writer finished writing `n` bytes of a batch.
+    /// The kernel took `n` more bytes of the writer's batch.
     fn sent(&self, n: usize) {
-        let mut state = self.lock();
-        state.bytes = state.bytes.saturating_sub(n);
+        self.update(|state| state.queued -= n);
     }
 
     /// No more pushes: the writer sends what is queued, then closes the socket.
     fn close(&self) {
-        let mut state = self.lock();
-        if state.closing == Closing::Open {
-            state.closing = Closing::AfterFlush;
-        }
-        drop(state);
+        self.update(|state| {
+            if state.closing == Closing::Open {
+                state.closing = Closing::AfterFlush;
+            }
+        });
         self.ready.notify_one();
+    }
+
+    /// Drops what is queued and has the writer stop after the line it is writing and hand back
+    /// its socket, for a last notice (too slow, idle). False if the client was already leaving.
+    fn stop(&self) -> bool {
+        let stopping = self.update(|state| {
+            if state.closing != Closing::Open {
+                return false;
+            }
+            let dropped: usize = state.chunks.iter().map(|chunk| chunk.len()).sum();
+            state.queued -= dropped;
+            state.chunks = VecDeque::new();
+            state.closing = Closing::Stopped;
+            true
+        });
+        if stopping {
+            self.stopped.notify_one();
+            self.ready.notify_one();
+        }
+        stopping
+    }
+
+    /// If this queue holds readers back (open and more than half full), since when: from now
+    /// if it had not yet held anyone back since it last drained to half.
+    fn holding_back(&self, now: Instant) -> Option<Instant> {
+        let mut state = self.lock();
+        if !self.over_half(&state) {
+            return None;
+        }
+        Some(*state.holding_back_since.get_or_insert(now))
+    }
+}
+
+/// A queue a reader must wait for: more than half full, and since when that must end.
+struct FullQueue {
+    outbox: Arc<Outbox>,
+    /// When the first of the queues that held the reader back will have done so for
+    /// `--stall-ms`: the reader looks again then, and evicts it.
+    deadline: Instant,
+}
+
+impl FullQueue {
+    /// Returns once the queue has drained to half, or closed, or the deadline has passed.
+    async fn wait(self) {
+        let has_room = self.outbox.has_room.notified();
+        tokio::pin!(has_room);
+        // Listening before saying so: a writer that drains the queue between the two wakes us.
+        has_room.as_mut().enable();
+        let still_full = {
+            let mut state = self.outbox.lock();
+            state.reader_waiting = self.outbox.over_half(&state);
+            state.reader_waiting
+        };
+        if still_full {
+            let _ = tokio::time::timeout_at(self.deadline.into(), has_room).await;
+        }
     }
 }
 
@@ -777,6 +1042,12 @@ struct Room {
     idle_timeout: Option<Duration>,
     /// Signalled when the last member leaves, for the shutdown to know it is done.
     emptied: Notify,
+    /// `--stall-ms`: how long one queue may hold the readers back before it is evicted.
+    stall: Duration,
+    /// How many members' queues are more than half full; see [`Outbox`].
+    queues_over_half: Arc<AtomicUsize>,
+    /// Wakes readers waiting for reads in progress to give back what they reserved.
+    settled: Notify,
 }
 
 #[derive(Debug)]
@@ -787,6 +1058,10 @@ struct RoomState {
     per_ip: PerIp,
     /// The last chat lines, as relayed, within `--history` lines and half a queue of bytes.
     history: History,
+    /// Bytes that reads in progress may still push into every queue; see [`Room::reserve`].
+    reserved: usize,
+    /// A reader waits for a read in progress to settle: wake it then.
+    reader_waiting: bool,
 }
 
 #[derive(Debug)]
@@ -825,6 +1100,8 @@ impl Room {
             next_id: 0,
             per_ip: PerIp::new(cli.connections.max_per_ip),
             history: History::new(cli.history, history::budget(cli.queue.max_queue)),
+            reserved: 0,
+            reader_waiting: false,
         };
         Self {
             state: Mutex::new(state),
@@ -835,6 +1112,9 @@ impl Room {
             rate: (cli.rate > 0.0).then_some(cli.rate),
             idle_timeout: (cli.idle_timeout > 0).then(|| Duration::from_secs(cli.idle_timeout)),
             emptied: Notify::new(),
+            stall: Duration::from_millis(cli.stall.stall_ms),
+            queues_over_half: Arc::default(),
+            settled: Notify::new(),
         }
     }
 
@@ -907,7 +1187,114 @@ impl Room {
     fn relay(&self, from: ClientId, lines: String) {
         let mut state = self.lock();
         state.history.record_all(&lines, CRLF);
-        send_to_all(&state.members, Some(from), &Chunk::from(lines.into_bytes()));
+        // Chat lines, so pushed past no limit: the reader reserved room for them in every
+        // queue before it read them.
+        let chunk = Chunk::from(lines.into_bytes());
+        for (&id, member) in &state.members {
+            if id != from {
+                member.outbox.push(Arc::clone(&chunk));
+            }
+        }
+    }
+
+    /// A new client's outbox, counted in this room's queues over half.
+    fn new_outbox(&self) -> Outbox {
+        Outbox::new(self.max_queue, Arc::clone(&self.queues_over_half))
+    }
+
+    /// Whether reader `reader`, named with at most `name_len` bytes, whose framer holds `held`
+    /// bytes of an unfinished line, may read now, and how much.
+    ///
+    /// It may read when no other member's queue is more than half full. It then reads at most
+    /// what can become no more than the free half of a queue, less what reads in progress
+    /// have reserved ([`message::readable_within`], [`message::relayed_bound`]), and reserves
+    /// that bound until [`Room::settle`]. Why that keeps every queue bounded: the check and the
+    /// reservation happen under the room lock, so no two readers count the same free space;
+    /// each queue was at most half full, its writer only takes bytes away, and all the reads in
+    /// progress together can push at most what they reserved, which fits in the other half. So
+    /// chat lines never take a queue past `--max-queue`, except one read into a queue at most
+    /// half full when not even a byte more fits (a tiny `--max-queue`, or a long line already
+    /// held): that read may take one chunk, or such a line could never pass.
+    ///
+    /// Every queue over half full holds the reader back: since when is noted in its outbox,
+    /// and one that has held it back for `--stall-ms` is evicted here.
+    fn reserve(&self, reader: ClientId, name_len: usize, held: usize) -> Verdict {
+        let mut state = self.lock();
+        if self.queues_over_half.load(Ordering::SeqCst) > 0 {
+            if let Some(full) = self.find_full_queue(&state, reader) {
+                return Verdict::WaitFor(full);
+            }
+        }
+        let free = (self.max_queue - self.max_queue / 2).saturating_sub(state.reserved);
+        let mut read = message::readable_within(name_len, held, free, READ_CHUNK);
+        if read == 0 {
+            if state.reserved > 0 {
+                return Verdict::WaitForReads;
+            }
+            read = READ_CHUNK;
+        }
+        let bytes = message::relayed_bound(name_len, held + read);
+        state.reserved += bytes;
+        Verdict::Read(Reservation { read, bytes })
+    }
+
+    /// A queue other than `reader`'s that is more than half full, after evicting every one
+    /// that has held the readers back for `--stall-ms`; `None` if there is none left.
+    fn find_full_queue(&self, state: &RoomState, reader: ClientId) -> Option<FullQueue> {
+        let now = Instant::now();
+        let mut found: Option<FullQueue> = None;
+        for (&id, member) in &state.members {
+            if id == reader {
+                continue;
+            }
+            let Some(since) = member.outbox.holding_back(now) else {
+                continue;
+            };
+            let deadline = since + self.stall;
+            if deadline <= now {
+                if member.outbox.stop() {
+                    tracing::warn!(
+                        "{} evicted: its full queue held the room back for {} ms (too slow)",
+                        member.name,
+                        self.stall.as_millis()
+                    );
+                }
+                continue;
+            }
+            match &mut found {
+                Some(full) => full.deadline = full.deadline.min(deadline),
+                None => {
+                    let outbox = Arc::clone(&member.outbox);
+                    found = Some(FullQueue { outbox, deadline });
+                }
+            }
+        }
+        found
+    }
+
+    /// Gives back what a read reserved, once it has pushed what it read.
+    fn settle(&self, reservation: Reservation) {
+        let mut state = self.lock();
+        state.reserved -= reservation.bytes;
+        if std::mem::take(&mut state.reader_waiting) {
+            self.settled.notify_waiters();
+        }
+    }
+
+    /// Returns once the reads in progress now have settled (at once if none is).
+    async fn wait_for_reads(&self) {
+        let settled = self.settled.notified();
+        tokio::pin!(settled);
+        // Listening before saying so: a read that settles between the two wakes us.
+        settled.as_mut().enable();
+        let in_progress = {
+            let mut state = self.lock();
+            state.reader_waiting = state.reserved > 0;
+            state.reader_waiting
+        };
+        if in_progress {
+            settled.await;
+        }
     }
 
     /// Gives member `id` the name `new` unless someone else has it in any case; everyone,
@@ -941,20 +1328,28 @@ impl Room {
         message::online_list(state.members.values().map(|member| member.name.as_str()))
     }
 
-    /// Sends `line` to the member called `to` (any case); false if there is none.
-    fn send_private(&self, to: &str, line: &str) -> bool {
+    /// Sends `line` from member `from` to the member called `to` (any case); false if there is
+    /// none. To another member it is pushed like a chat line, into room its reader reserved; to
+    /// the sender itself, like a notice.
+    fn send_private(&self, from: ClientId, to: &str, line: &str) -> bool {
         let state = self.lock();
         let target = state
             .members
-            .values()
-            .find(|member| member.name.eq_ignore_ascii_case(to));
-        match target {
-            Some(member) => {
-                member.outbox.push(Chunk::from(message::wire(line)));
-                true
-            }
-            None => false,
+            .iter()
+            .find(|(_, member)| member.name.eq_ignore_ascii_case(to));
+        let Some((&id, member)) = target else {
+            return false;
+        };
+        let chunk = Chunk::from(message::wire(line));
+        if id != from {
+            member.outbox.push(chunk);
+        } else if member.outbox.push_notice(chunk).is_err() {
+            tracing::debug!(
+                "{}: private line to itself dropped, too far behind",
+                member.name
+            );
         }
+        true
     }
 
     /// Tells everyone the server is stopping, lets the writers flush, and returns once every
@@ -980,12 +1375,30 @@ impl Room {
     }
 }
 
-/// Pushes `chunk` to every member except `from`. A push never waits; one that overflows a
-/// queue evicts that member, whose own tasks then clean up.
+/// Pushes the notice `chunk` (a join, a leave, a rename) to every member except `from`. It
+/// never waits; a member too far behind misses it (see [`Outbox::push_notice`]).
 fn send_to_all(members: &BTreeMap<ClientId, Member>, from: Option<ClientId>, chunk: &Chunk) {
     for (&id, member) in members {
-        if Some(id) != from && member.outbox.push(Arc::clone(chunk)) == Pushed::Evicted {
-            tracing::warn!("{} evicted: its queue is full (too slow)", member.name);
+        if Some(id) != from && member.outbox.push_notice(Arc::clone(chunk)).is_err() {
+            tracing::debug!("{}: notice dropped, too far behind", member.name);
         }
     }
+}
+
+/// What a reader may do next; see [`Room::reserve`].
+enum Verdict {
+    /// Read, within the reservation.
+    Read(Reservation),
+    /// Wait for this queue to drain.
+    WaitFor(FullQueue),
+    /// Wait for the reads in progress to push what they read and give back their reservation.
+    WaitForReads,
+}
+
+/// Room held in every queue for one read: at most `read` bytes, which can become at most
+/// `bytes` for each receiver. Given back with [`Room::settle`].
+#[must_use]
+struct Reservation {
+    read: usize,
+    bytes: usize,
 }
