@@ -27,16 +27,16 @@
 //! for its socket (`write().await` suspends while that socket's kernel buffer is full), so how
 //! fast one receiver reads decides how fast its own queue drains, and nothing else.
 //!
-//! **Backpressure: readers wait for room before they read.** Pushing without waiting is safe
-//! only if senders cannot outrun the receivers, and they easily could: a two-byte line `a\n`
-//! becomes a 26-byte chat line for every receiver. So a reader reads only when every other
-//! member's queue is at most half full, and then at most what can become no more than the free
-//! half (`message::relayed_bound`, the growth of the worst lines, gives the size). Checking and
-//! reserving that room is one step under the room lock, so two readers never count the same
-//! free space and no queue passes `--max-queue` (`Room::reserve` says why). Otherwise the
-//! reader waits, on a `Notify` that the full queue's writer signals once it has drained to
-//! half, and the sender's bytes wait in the kernel: its TCP window closes, and TCP slows the
-//! sender, as v1's blocking `write` did, but without a thread per client. Nothing is dropped.
+//! **Backpressure: readers wait for room before they read.** Pushing without waiting is safe only
+//! if senders cannot outrun the receivers, and they easily could: a two-byte line `a\n` becomes
+//! `127.0.0.1:52344 says: a\r\n`, twelve times the bytes, for every receiver. So a reader reads
+//! only when every other member's queue is at most half full, and then at most what can become no
+//! more than the free half (`message::relayed_bound`, the growth of the worst lines, gives the
+//! size). Checking and reserving that room is one step under the room lock, so two readers never
+//! count the same free space and no queue passes `--max-queue` (`Room::reserve` says why).
+//! Otherwise the reader waits, on a `Notify` that the full queue's writer signals once it has
+//! drained to half, and the sender's bytes wait in the kernel: its TCP window closes, and TCP slows
+//! the sender, as v1's blocking `write` did, but without a thread per client. Nothing is dropped.
 //!
 //! **Slow consumers, and the trade-off.** While one queue is more than half full, the whole
 //! room waits for it, so it may not do so for long. Its outbox notes since when it has held a
@@ -88,8 +88,8 @@
 //! can destroy the notice; a client closed as too slow or idle is closed the same way. No
 //! client can make the others see a notice the server did not send: the words that start
 //! notices are nobody's nickname, and a `/me` that would read as a join, a leave or a rename is
-//! refused. Ctrl-C, SIGTERM and SIGHUP (a closed terminal) all
-//! end the server the same way: `* server shutting down` to everyone, then exit.
+//! refused. Ctrl-C, SIGTERM and SIGHUP (a closed terminal) all end the server the same way:
+//! `* server shutting down` to everyone, then exit.
 
 mod history;
 mod rate;
@@ -336,11 +336,11 @@ async fn accept_loop(listener: &TcpListener, room: &Arc<Room>) {
     }
 }
 
-/// Tells a connection that may not join why, and closes it so that the notice arrives
-/// ([`close_with_notice`]; telnet speaks first, so there may be unread input). In a task of its
-/// own, so the accept loop never waits.
+/// Tells a connection that may not join why, and closes it so that the notice arrives, with
+/// [`close_with_notice`] (telnet speaks first, so there may well be unread input). In a task of
+/// its own, so the accept loop never waits.
 fn turn_away(socket: TcpStream, notice: String) {
-    tokio::spawn(async move { close_with_notice(socket, &[], &notice).await });
+    tokio::spawn(close_with_notice(socket, Vec::new(), notice));
 }
 
 /// One client's session: its writer task runs beside this reader loop until either ends.
@@ -377,20 +377,40 @@ async fn serve_client(
     let reason = session.quit.as_ref().and_then(|reason| reason.as_deref());
     room.leave(id, name, reason);
     tracing::info!("{name} disconnected ({})", ending.why());
-    // The writer sends whatever is still queued (the reply to a last line, say), then closes.
-    session.outbox.close();
-    if let Ending::Closed {
-        notice,
-        socket,
-        unsent,
-        ..
-    } = ending
-    {
-        if let Ok(socket) = reader.reunite(socket) {
-            // Boxed: the closing's state is needed once, not in every idle client's task.
-            Box::pin(close_with_notice(socket, &unsent, &notice)).await;
+    let notice = match ending {
+        Ending::Left(_) => {
+            // The writer sends whatever is still queued (the reply to a last line, say), then
+            // closes.
+            session.outbox.close();
+            return;
         }
-    }
+        Ending::TooSlow { socket, unsent } => {
+            if let Ok(socket) = reader.reunite(socket) {
+                // Boxed: the closing's state is needed once, not in every client's task.
+                Box::pin(close_with_notice(
+                    socket,
+                    unsent,
+                    message::TOO_SLOW.to_owned(),
+                ))
+                .await;
+            }
+            return;
+        }
+        Ending::Idle if session.outbox.stop() => {
+            message::idle_timeout(room.idle_timeout.map_or(0, |timeout| timeout.as_secs()))
+        }
+        // Evicted at the same moment: the writer is stopping for that already.
+        Ending::Idle => message::TOO_SLOW.to_owned(),
+    };
+    // Boxed, as above.
+    Box::pin(async move {
+        if let Ok(WriterEnd::Stopped { socket, unsent }) = writer_task.await {
+            if let Ok(socket) = reader.reunite(socket) {
+                close_with_notice(socket, unsent, notice).await;
+            }
+        }
+    })
+    .await;
 }
 
 /// Closes a client with a last notice that arrives (SPEC 4): every close that has something to
@@ -403,17 +423,16 @@ async fn serve_client(
 /// it at once would be simpler and wrong: closing a socket with unread input makes the kernel
 /// answer with a reset, and a reset destroys what the client has not read yet, the notice
 /// first.
-async fn close_with_notice(mut socket: TcpStream, unsent: &[u8], notice: &str) {
-    let mut last_words = unsent.to_vec();
-    last_words.extend_from_slice(&message::wire(notice));
+async fn close_with_notice(mut socket: TcpStream, unsent: Vec<u8>, notice: String) {
+    let mut last_words = unsent;
+    last_words.extend_from_slice(&message::wire(&notice));
     let (mut from_client, mut to_client) = socket.split();
     let say = async {
         to_client.write_all(&last_words).await?;
         to_client.shutdown().await
     };
     let discard = async {
-        // On the heap and only while closing, not in every client task's future.
-        let mut sink = vec![0u8; DISCARD_BUFFER];
+        let mut sink = [0u8; DISCARD_BUFFER];
         while from_client.read(&mut sink).await? > 0 {}
         io::Result::Ok(())
     };
@@ -451,11 +470,11 @@ struct Session {
 enum Ending {
     /// The client left, or its connection broke; says how, for the log.
     Left(&'static str),
-    /// The server closes the connection, with a notice that says why: the client's writer has
-    /// stopped and handed back its socket, and what it still owed of a line.
-    Closed {
-        why: &'static str,
-        notice: String,
+    /// Silent for `--idle-timeout`: the server closes it, telling it so.
+    Idle,
+    /// Evicted as too slow: its writer stopped and handed back its socket, with what it still
+    /// owed of a line, for the server to close it, telling it so.
+    TooSlow {
         socket: OwnedWriteHalf,
         unsent: Vec<u8>,
     },
@@ -465,12 +484,7 @@ impl Ending {
     /// The session ends because the writer task did: evicted as too slow, or the socket broke.
     fn writer_ended(end: Result<WriterEnd, tokio::task::JoinError>) -> Self {
         match end {
-            Ok(WriterEnd::Stopped { socket, unsent }) => Ending::Closed {
-                why: "too slow",
-                notice: message::TOO_SLOW.to_owned(),
-                socket,
-                unsent,
-            },
+            Ok(WriterEnd::Stopped { socket, unsent }) => Ending::TooSlow { socket, unsent },
             _ => Ending::Left("connection lost"),
         }
     }
@@ -478,7 +492,9 @@ impl Ending {
     /// For the log line.
     fn why(&self) -> &'static str {
         match self {
-            Ending::Left(why) | Ending::Closed { why, .. } => why,
+            Ending::Left(why) => why,
+            Ending::Idle => "idle",
+            Ending::TooSlow { .. } => "too slow",
         }
     }
 }
@@ -508,24 +524,20 @@ impl Session {
                 }
                 // The writer ends only when the client is gone or evicted: stop reading too.
                 end = &mut *writer_task => return Ending::writer_ended(end),
-                () = idle => {
-                    if !self.outbox.stop() {
-                        // Evicted at the same moment: the writer says so.
-                        return Ending::writer_ended(writer_task.await);
-                    }
-                    let Ok(WriterEnd::Stopped { socket, unsent }) = writer_task.await else {
-                        return Ending::Left("connection lost");
-                    };
-                    let secs = self.room.idle_timeout.map_or(0, |t| t.as_secs());
-                    let notice = message::idle_timeout(secs);
-                    return Ending::Closed { why: "idle", notice, socket, unsent };
-                }
+                () = idle => return Ending::Idle,
             }
             // The backpressure: no read until every other queue has room for what it becomes.
             // Meanwhile this client's bytes wait in the kernel, and TCP slows the client.
-            let room = tokio::select! {
-                room = self.room_for_a_read(framer) => room,
-                end = &mut *writer_task => return Ending::writer_ended(end),
+            let room = match self
+                .room
+                .reserve(self.id, self.name_bound(), framer.buffered())
+            {
+                Verdict::Read(room) => room,
+                // Boxed: waiting is the exception, so its state is not kept in every task.
+                wait => tokio::select! {
+                    room = Box::pin(self.wait_for_room(wait, framer)) => room,
+                    end = &mut *writer_task => return Ending::writer_ended(end),
+                },
             };
             let read = self.read_chunk(reader, framer, room.read);
             self.room.settle(room);
@@ -541,18 +553,24 @@ impl Session {
         }
     }
 
-    /// Waits until every other member's queue has room for what this client's next read could
-    /// become, and reserves it; see [`Room::reserve`].
-    async fn room_for_a_read(&self, framer: &LineFramer) -> Reservation {
-        // After a `/nick` in the middle of a read, its lines carry a name that may be longer.
-        let name_len = self.name.len().max(command::NICK_MAX);
+    /// The longest name this client's lines may carry in the next read: a `/nick` in the
+    /// middle of it may make the name longer.
+    fn name_bound(&self) -> usize {
+        self.name.len().max(command::NICK_MAX)
+    }
+
+    /// Waits as `verdict` says until every other member's queue has room for what this
+    /// client's next read could become, and reserves it; see [`Room::reserve`].
+    async fn wait_for_room(&self, mut verdict: Verdict, framer: &LineFramer) -> Reservation {
         loop {
-            match self.room.reserve(self.id, name_len, framer.buffered()) {
+            match verdict {
                 Verdict::Read(reservation) => return reservation,
-                // Boxed: waiting is the exception, so its state is not kept in every task.
-                Verdict::WaitFor(receiver) => Box::pin(receiver.wait()).await,
-                Verdict::WaitForReads => Box::pin(self.room.wait_for_reads()).await,
+                Verdict::WaitFor(receiver) => receiver.wait().await,
+                Verdict::WaitForReads => self.room.wait_for_reads().await,
             }
+            verdict = self
+                .room
+                .reserve(self.id, self.name_bound(), framer.buffered());
         }
     }
 
@@ -809,15 +827,22 @@ struct Outbox {
     state: Mutex<OutboxState>,
     /// `--max-queue`.
     limit: usize,
-    /// How many of the room's open queues are more than half full, this one included while it
-    /// is: while none is, a reader needs to look at no queue to know it may read.
-    queues_over_half: Arc<AtomicUsize>,
+    /// Shared with the room's other outboxes.
+    backlog: Arc<Backlog>,
     /// Wakes the writer: something was queued, or the outbox was closed.
     ready: Notify,
     /// Wakes a writer stuck writing: it must stop.
     stopped: Notify,
-    /// Wakes readers waiting for room here: the queue drained to half, or closed.
-    has_room: Notify,
+}
+
+/// What every outbox of a room shares with the room's readers.
+#[derive(Debug, Default)]
+struct Backlog {
+    /// How many open queues are more than half full: while none is, a reader needs to look at
+    /// no queue to know that it may read.
+    over_half: AtomicUsize,
+    /// Wakes the readers waiting for room: a queue they waited for drained to half, or closed.
+    drained: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -857,14 +882,13 @@ enum Batch {
 struct TooFarBehind;
 
 impl Outbox {
-    fn new(limit: usize, queues_over_half: Arc<AtomicUsize>) -> Self {
+    fn new(limit: usize, backlog: Arc<Backlog>) -> Self {
         Self {
             state: Mutex::default(),
             limit,
-            queues_over_half,
+            backlog,
             ready: Notify::new(),
             stopped: Notify::new(),
-            has_room: Notify::new(),
         }
     }
 
@@ -885,7 +909,7 @@ impl Outbox {
         state.closing == Closing::Open && state.queued > self.half()
     }
 
-    /// Applies `change` to the state, keeping [`Outbox::queues_over_half`] and the waiting
+    /// Applies `change` to the state, keeping [`Backlog::over_half`] and the waiting
     /// readers up to date with whether this queue holds readers back.
     fn update<T>(&self, change: impl FnOnce(&mut OutboxState) -> T) -> T {
         let mut state = self.lock();
@@ -893,12 +917,12 @@ impl Outbox {
         let result = change(&mut state);
         let is_over = self.over_half(&state);
         if is_over && !was_over {
-            self.queues_over_half.fetch_add(1, Ordering::SeqCst);
+            self.backlog.over_half.fetch_add(1, Ordering::SeqCst);
         } else if was_over && !is_over {
-            self.queues_over_half.fetch_sub(1, Ordering::SeqCst);
+            self.backlog.over_half.fetch_sub(1, Ordering::SeqCst);
             state.holding_back_since = None;
             if std::mem::take(&mut state.reader_waiting) {
-                self.has_room.notify_waiters();
+                self.backlog.drained.notify_waiters();
             }
         }
         result
@@ -1008,9 +1032,10 @@ struct FullQueue {
 }
 
 impl FullQueue {
-    /// Returns once the queue has drained to half, or closed, or the deadline has passed.
+    /// Returns once this queue, or another one a reader waited for, has drained to half or
+    /// closed, or the deadline has passed; the caller looks again.
     async fn wait(self) {
-        let has_room = self.outbox.has_room.notified();
+        let has_room = self.outbox.backlog.drained.notified();
         tokio::pin!(has_room);
         // Listening before saying so: a writer that drains the queue between the two wakes us.
         has_room.as_mut().enable();
@@ -1044,8 +1069,8 @@ struct Room {
     emptied: Notify,
     /// `--stall-ms`: how long one queue may hold the readers back before it is evicted.
     stall: Duration,
-    /// How many members' queues are more than half full; see [`Outbox`].
-    queues_over_half: Arc<AtomicUsize>,
+    /// Shared with every member's outbox: how many queues are more than half full.
+    backlog: Arc<Backlog>,
     /// Wakes readers waiting for reads in progress to give back what they reserved.
     settled: Notify,
 }
@@ -1113,7 +1138,7 @@ impl Room {
             idle_timeout: (cli.idle_timeout > 0).then(|| Duration::from_secs(cli.idle_timeout)),
             emptied: Notify::new(),
             stall: Duration::from_millis(cli.stall.stall_ms),
-            queues_over_half: Arc::default(),
+            backlog: Arc::default(),
             settled: Notify::new(),
         }
     }
@@ -1197,9 +1222,9 @@ impl Room {
         }
     }
 
-    /// A new client's outbox, counted in this room's queues over half.
+    /// A new client's outbox, sharing this room's [`Backlog`].
     fn new_outbox(&self) -> Outbox {
-        Outbox::new(self.max_queue, Arc::clone(&self.queues_over_half))
+        Outbox::new(self.max_queue, Arc::clone(&self.backlog))
     }
 
     /// Whether reader `reader`, named with at most `name_len` bytes, whose framer holds `held`
@@ -1220,7 +1245,7 @@ impl Room {
     /// and one that has held it back for `--stall-ms` is evicted here.
     fn reserve(&self, reader: ClientId, name_len: usize, held: usize) -> Verdict {
         let mut state = self.lock();
-        if self.queues_over_half.load(Ordering::SeqCst) > 0 {
+        if self.backlog.over_half.load(Ordering::SeqCst) > 0 {
             if let Some(full) = self.find_full_queue(&state, reader) {
                 return Verdict::WaitFor(full);
             }
