@@ -29,6 +29,15 @@ server_tests! {
 /// What the server logs when it disconnects a client as too slow.
 const EVICTED: &str = "evicted";
 
+/// `--stall-ms` for scenarios where no reader may be evicted. A reader that keeps reading
+/// drains half a queue in milliseconds, but on a loaded 2-core machine a test thread can wait
+/// hundreds of them for a CPU; four times the default keeps such a wait from looking like a
+/// stall, and is still far shorter than a stopped or trickling reader holds the room.
+const PATIENT_STALL_MS: &str = "2000";
+
+/// `--stall-ms` for scenarios that wait for a reader to be evicted: short, so they run fast.
+const SHORT_STALL_MS: &str = "200";
+
 /// A flood of this many one-character lines is about 12 MB for each receiver: three times what
 /// the socket buffers of a client that stopped reading hold on loopback (about 4 MB, most of it
 /// the server's send buffer), so its queue fills too.
@@ -163,7 +172,12 @@ fn fast_readers_are_never_evicted_while_ten_of_them_flood_one_character_lines(se
     const CLIENTS: usize = 11;
     const SENDERS: usize = 10;
     const FLOOD_BYTES: usize = 256 * 1024;
-    let running = server.start_unthrottled_quietly(&["--announce-limit", "0"]);
+    let running = server.start_unthrottled_quietly(&[
+        "--announce-limit",
+        "0",
+        "--stall-ms",
+        PATIENT_STALL_MS,
+    ]);
     let clients = join_room(&running, CLIENTS);
     let senders: Vec<usize> = (0..SENDERS).collect();
     flood_room(&clients, &senders, FLOOD_BYTES / 2);
@@ -184,7 +198,12 @@ fn one_flooder_of_short_lines_loses_nothing_for_four_fast_readers(server: Server
     const READERS: usize = 4;
     const LINES_PER_WRITE: usize = 8192;
     const WRITES: usize = 64;
-    let running = server.start_unthrottled_quietly(&["--announce-limit", "0"]);
+    let running = server.start_unthrottled_quietly(&[
+        "--announce-limit",
+        "0",
+        "--stall-ms",
+        PATIENT_STALL_MS,
+    ]);
     let clients = join_room(&running, READERS + 1);
     flood_room(&clients, &[READERS], LINES_PER_WRITE * WRITES);
     assert!(
@@ -200,7 +219,8 @@ fn one_flooder_of_short_lines_loses_nothing_for_four_fast_readers(server: Server
 /// and the room carries on: everyone else hears every line.
 fn a_stopped_reader_is_evicted_while_the_others_keep_receiving(server: Server) {
     const LINES: usize = OVERFLOWING_LINES;
-    let running = server.start_unthrottled_quietly(&["--announce-limit", "0", "--stall-ms", "200"]);
+    let running =
+        server.start_unthrottled_quietly(&["--announce-limit", "0", "--stall-ms", SHORT_STALL_MS]);
     let mut clients = join_room(&running, 4);
     let stopped = clients.pop().expect("four clients");
     flood_room(&clients, &[0], LINES);
@@ -224,11 +244,16 @@ fn a_stopped_reader_is_evicted_while_the_others_keep_receiving(server: Server) {
 /// half within `--stall-ms`, so it is disconnected, and the fast readers are not.
 fn a_trickling_reader_is_evicted_while_fast_readers_are_not(server: Server) {
     const LINES: usize = OVERFLOWING_LINES;
-    // 1 KiB every 20 ms: 50 KB/s, where draining half a default queue in the default
-    // --stall-ms would take 256 KB/s.
-    const TRICKLE: usize = 1024;
+    // 512 bytes every 20 ms: 25 KB/s, where draining half a default queue within the patient
+    // --stall-ms would take 64 KB/s.
+    const TRICKLE: usize = 512;
     const TRICKLE_EVERY: Duration = Duration::from_millis(20);
-    let running = server.start_unthrottled_quietly(&["--announce-limit", "0"]);
+    let running = server.start_unthrottled_quietly(&[
+        "--announce-limit",
+        "0",
+        "--stall-ms",
+        PATIENT_STALL_MS,
+    ]);
     let mut clients = join_room(&running, 4);
     let trickler = clients.pop().expect("four clients");
     let trickler_addr = trickler.addr();
@@ -269,7 +294,8 @@ fn a_trickling_reader_is_evicted_while_fast_readers_are_not(server: Server) {
 /// comes first, in whole lines, then the notice, then a FIN, not a reset.
 fn an_evicted_client_reads_the_too_slow_notice_last_then_an_orderly_close(server: Server) {
     const LINES: usize = OVERFLOWING_LINES;
-    let running = server.start_unthrottled_quietly(&["--announce-limit", "0", "--stall-ms", "200"]);
+    let running =
+        server.start_unthrottled_quietly(&["--announce-limit", "0", "--stall-ms", SHORT_STALL_MS]);
     let mut clients = join_room(&running, 3);
     let mut stopped = clients.pop().expect("three clients");
     let sender = clients[0].addr();
