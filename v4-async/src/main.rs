@@ -101,7 +101,7 @@ use std::io::IoSlice;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -539,9 +539,7 @@ impl Session {
                     end = &mut *writer_task => return Ending::writer_ended(end),
                 },
             };
-            let read = self.read_chunk(reader, framer, room.read);
-            self.room.settle(room);
-            match read {
+            match self.read_chunk(reader, framer, room) {
                 Ok(true) => {}
                 Ok(false) => return Ending::Left("end of stream"),
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
@@ -574,17 +572,26 @@ impl Session {
         }
     }
 
-    /// Reads at most `limit` bytes without waiting and acts on their lines; false at end of
-    /// stream. Not `async`: the buffer lives on the stack for this call only, not in every idle
-    /// task.
+    /// Reads what `room` was reserved for, without waiting, acts on its lines and gives the
+    /// room back; false at end of stream. Not `async`: the buffer lives on the stack for this
+    /// call only, not in every idle task.
     fn read_chunk(
         &mut self,
         reader: &OwnedReadHalf,
         framer: &mut LineFramer,
-        limit: usize,
+        mut room: Reservation,
     ) -> io::Result<bool> {
         let mut chunk = [0u8; READ_CHUNK];
-        let n = reader.try_read(&mut chunk[..limit.min(READ_CHUNK)])?;
+        let n = match reader.try_read(&mut chunk[..room.read]) {
+            Ok(n) => n,
+            Err(error) => {
+                self.room.settle(self.id, String::new(), room);
+                return Err(error);
+            }
+        };
+        // Fewer bytes than reserved for can become less: give the rest back at once, so that
+        // other readers need not wait for this one to finish.
+        self.room.shrink(&mut room, n);
         let max_line = framer.max_line();
         let on_frame = |frame: Frame<'_>| match frame {
             Frame::Line(raw) => self.on_line(raw),
@@ -595,7 +602,8 @@ impl Session {
         } else {
             framer.push(&chunk[..n], on_frame);
         }
-        self.flush_relay();
+        let lines = std::mem::take(&mut self.relay);
+        self.room.settle(self.id, lines, room);
         Ok(n > 0)
     }
 
@@ -829,6 +837,9 @@ struct Outbox {
     limit: usize,
     /// Shared with the room's other outboxes.
     backlog: Arc<Backlog>,
+    /// Whether this queue is over half full now, readable without the lock: a reader that
+    /// looks for full queues among a thousand members locks only those.
+    over_half: AtomicBool,
     /// Wakes the writer: something was queued, or the outbox was closed.
     ready: Notify,
     /// Wakes a writer stuck writing: it must stop.
@@ -887,6 +898,7 @@ impl Outbox {
             state: Mutex::default(),
             limit,
             backlog,
+            over_half: AtomicBool::new(false),
             ready: Notify::new(),
             stopped: Notify::new(),
         }
@@ -905,7 +917,7 @@ impl Outbox {
     }
 
     /// Whether this queue holds readers back now: open and more than half full.
-    fn over_half(&self, state: &OutboxState) -> bool {
+    fn holds_readers_back(&self, state: &OutboxState) -> bool {
         state.closing == Closing::Open && state.queued > self.half()
     }
 
@@ -913,12 +925,14 @@ impl Outbox {
     /// readers up to date with whether this queue holds readers back.
     fn update<T>(&self, change: impl FnOnce(&mut OutboxState) -> T) -> T {
         let mut state = self.lock();
-        let was_over = self.over_half(&state);
+        let was_over = self.holds_readers_back(&state);
         let result = change(&mut state);
-        let is_over = self.over_half(&state);
+        let is_over = self.holds_readers_back(&state);
         if is_over && !was_over {
+            self.over_half.store(true, Ordering::SeqCst);
             self.backlog.over_half.fetch_add(1, Ordering::SeqCst);
         } else if was_over && !is_over {
+            self.over_half.store(false, Ordering::SeqCst);
             self.backlog.over_half.fetch_sub(1, Ordering::SeqCst);
             state.holding_back_since = None;
             if std::mem::take(&mut state.reader_waiting) {
@@ -1015,8 +1029,11 @@ impl Outbox {
     /// If this queue holds readers back (open and more than half full), since when: from now
     /// if it had not yet held anyone back since it last drained to half.
     fn holding_back(&self, now: Instant) -> Option<Instant> {
+        if !self.over_half.load(Ordering::SeqCst) {
+            return None;
+        }
         let mut state = self.lock();
-        if !self.over_half(&state) {
+        if !self.holds_readers_back(&state) {
             return None;
         }
         Some(*state.holding_back_since.get_or_insert(now))
@@ -1041,7 +1058,7 @@ impl FullQueue {
         has_room.as_mut().enable();
         let still_full = {
             let mut state = self.outbox.lock();
-            state.reader_waiting = self.outbox.over_half(&state);
+            state.reader_waiting = self.outbox.holds_readers_back(&state);
             state.reader_waiting
         };
         if still_full {
@@ -1210,16 +1227,7 @@ impl Room {
     /// one pass under the lock so every receiver sees lines in the same order, and keeps them
     /// for the history.
     fn relay(&self, from: ClientId, lines: String) {
-        let mut state = self.lock();
-        state.history.record_all(&lines, CRLF);
-        // Chat lines, so pushed past no limit: the reader reserved room for them in every
-        // queue before it read them.
-        let chunk = Chunk::from(lines.into_bytes());
-        for (&id, member) in &state.members {
-            if id != from {
-                member.outbox.push(Arc::clone(&chunk));
-            }
-        }
+        relay_under_lock(&mut self.lock(), from, lines);
     }
 
     /// A new client's outbox, sharing this room's [`Backlog`].
@@ -1260,7 +1268,12 @@ impl Room {
         }
         let bytes = message::relayed_bound(name_len, held + read);
         state.reserved += bytes;
-        Verdict::Read(Reservation { read, bytes })
+        Verdict::Read(Reservation {
+            read,
+            bytes,
+            name_len,
+            held,
+        })
     }
 
     /// A queue other than `reader`'s that is more than half full, after evicting every one
@@ -1297,10 +1310,29 @@ impl Room {
         found
     }
 
-    /// Gives back what a read reserved, once it has pushed what it read.
-    fn settle(&self, reservation: Reservation) {
+    /// A read of `reservation` took `read` bytes: gives back what more bytes could have
+    /// become.
+    fn shrink(&self, reservation: &mut Reservation, read: usize) {
+        let needed = message::relayed_bound(reservation.name_len, reservation.held + read);
+        if needed < reservation.bytes {
+            self.give_back(&mut self.lock(), reservation.bytes - needed);
+            reservation.bytes = needed;
+        }
+    }
+
+    /// Relays the last `lines` of a read (none, if empty) and gives back what the read
+    /// reserved, in one pass under the lock.
+    fn settle(&self, from: ClientId, lines: String, reservation: Reservation) {
         let mut state = self.lock();
-        state.reserved -= reservation.bytes;
+        if !lines.is_empty() {
+            relay_under_lock(&mut state, from, lines);
+        }
+        self.give_back(&mut state, reservation.bytes);
+    }
+
+    /// Gives back `bytes` of the reads' reservations and wakes the readers waiting for that.
+    fn give_back(&self, state: &mut RoomState, bytes: usize) {
+        state.reserved -= bytes;
         if std::mem::take(&mut state.reader_waiting) {
             self.settled.notify_waiters();
         }
@@ -1426,4 +1458,21 @@ enum Verdict {
 struct Reservation {
     read: usize,
     bytes: usize,
+    /// What `bytes` was worked out from: the longest name the lines may carry, and the bytes
+    /// of an unfinished line the framer held before the read.
+    name_len: usize,
+    held: usize,
+}
+
+/// Hands chat lines (one or many, each ending in CRLF) to every member but `from`, and keeps
+/// them for the history. Pushed past no limit: the reader reserved room for them in every queue
+/// before it read them.
+fn relay_under_lock(state: &mut RoomState, from: ClientId, lines: String) {
+    state.history.record_all(&lines, CRLF);
+    let chunk = Chunk::from(lines.into_bytes());
+    for (&id, member) in &state.members {
+        if id != from {
+            member.outbox.push(Arc::clone(&chunk));
+        }
+    }
 }
