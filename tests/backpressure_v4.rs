@@ -29,14 +29,13 @@ server_tests! {
 /// What the server logs when it disconnects a client as too slow.
 const EVICTED: &str = "evicted";
 
-/// `--stall-ms` for scenarios where no reader may be evicted. A reader that keeps reading
-/// drains half a queue in milliseconds, but on a loaded 2-core machine a test thread can wait
-/// hundreds of them for a CPU; four times the default keeps such a wait from looking like a
-/// stall, and is still far shorter than a stopped or trickling reader holds the room.
+/// `--stall-ms` for every scenario, since in each some reader must not be evicted. A reader
+/// that keeps reading drains half a queue in milliseconds, but on a loaded 2-core machine a test
+/// thread can wait hundreds of them for a CPU (with 200 ms, a reader that kept up was evicted
+/// once while the whole workspace was being tested); four times the default keeps such a wait
+/// from looking like a stall, and is still far shorter than a stopped or trickling reader holds
+/// the room.
 const PATIENT_STALL_MS: &str = "2000";
-
-/// `--stall-ms` for scenarios that wait for a reader to be evicted: short, so they run fast.
-const SHORT_STALL_MS: &str = "200";
 
 /// A flood of this many one-character lines is about 12 MB for each receiver: three times what
 /// the socket buffers of a client that stopped reading hold on loopback (about 4 MB, most of it
@@ -219,8 +218,12 @@ fn one_flooder_of_short_lines_loses_nothing_for_four_fast_readers(server: Server
 /// and the room carries on: everyone else hears every line.
 fn a_stopped_reader_is_evicted_while_the_others_keep_receiving(server: Server) {
     const LINES: usize = OVERFLOWING_LINES;
-    let running =
-        server.start_unthrottled_quietly(&["--announce-limit", "0", "--stall-ms", SHORT_STALL_MS]);
+    let running = server.start_unthrottled_quietly(&[
+        "--announce-limit",
+        "0",
+        "--stall-ms",
+        PATIENT_STALL_MS,
+    ]);
     let mut clients = join_room(&running, 4);
     let stopped = clients.pop().expect("four clients");
     flood_room(&clients, &[0], LINES);
@@ -294,8 +297,12 @@ fn a_trickling_reader_is_evicted_while_fast_readers_are_not(server: Server) {
 /// comes first, in whole lines, then the notice, then a FIN, not a reset.
 fn an_evicted_client_reads_the_too_slow_notice_last_then_an_orderly_close(server: Server) {
     const LINES: usize = OVERFLOWING_LINES;
-    let running =
-        server.start_unthrottled_quietly(&["--announce-limit", "0", "--stall-ms", SHORT_STALL_MS]);
+    let running = server.start_unthrottled_quietly(&[
+        "--announce-limit",
+        "0",
+        "--stall-ms",
+        PATIENT_STALL_MS,
+    ]);
     let mut clients = join_room(&running, 3);
     let mut stopped = clients.pop().expect("three clients");
     let sender = clients[0].addr();
