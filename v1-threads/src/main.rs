@@ -27,26 +27,31 @@
 //!
 //! ## What it costs
 //!
-//! - **One stack per client.** Each thread reserves [`CLIENT_STACK_SIZE`] of address space, of
-//!   which the kernel backs only the pages it touches: `docs/benchmarks/results.md` measures
-//!   13.8 KB of resident memory per idle client (its stack, std's signal stack,
-//!   thread-locals), plus a kernel task with its own kernel stack. Thousands of idle clients
-//!   fit; a hundred thousand do not, and the kernel's thread limits (`ulimit -u`, a
-//!   container's `pids.max`) usually bite before the memory does. A refused spawn does not
-//!   end the server: that one client is turned away.
-//! - **One context switch per wake-up.** Each line costs the kernel a switch into the client's
-//!   thread and back, a few microseconds that a single-threaded loop (v2) does not pay. With
-//!   thousands of busy clients the CPU spends a real share of its time switching, and every
-//!   thread's stack and state compete for the same caches.
+//! - **One thread per client.** Each thread reserves [`CLIENT_STACK_SIZE`] of address space, of
+//!   which the kernel backs only the pages it touches. `docs/benchmarks/results.md` measures,
+//!   per idle client: 13.8 KB of resident memory in the server (its stack pages, std's signal
+//!   stack, thread-locals), 32.3 KB of kernel memory (both ends of the loopback connection,
+//!   and this thread's kernel stack and task: compare v2's 8.0 KB, which has the same two
+//!   sockets and no thread), and 4.0 memory mappings. The mappings set the ceiling: Linux
+//!   gives a process at most `vm.max_map_count` of them (65 530 by default), so about 16 000
+//!   client threads, which comes long before memory runs out or `ulimit -u` applies. A refused
+//!   spawn does not end the server: that one client is turned away.
+//! - **Context switches.** Every wake-up of a client thread is a switch by the kernel's
+//!   scheduler, which a single-threaded loop avoids. They are fewer than one might fear: in a
+//!   burst a woken thread finds many lines waiting and echoes them in one `write`, so
+//!   `results.md` counts 0.005 switches per delivery; in paced chat, where each line wakes its
+//!   thread alone, v1 switches no more often per line than v2's loop does. v1 does spend more
+//!   server CPU per delivery than v2 in the burst (`results.md`: 212 against 108 ns), but at
+//!   that rate of switching the switches themselves cannot explain the difference, and these
+//!   numbers do not say where it goes; what they do show plainly is the memory and the
+//!   ceiling above.
 //! - **The lock.** Taking a free `Mutex` is an atomic instruction, some tens of nanoseconds.
 //!   When another thread holds it, the loser sleeps in the kernel (`futex`) and is woken later:
-//!   a system call and a context switch, microseconds. Here the lock is held for one hash-set
-//!   insert or remove and one count per address, twice per connection and never per line, so
-//!   it never shows up in a measurement. It stops scaling where the state grows: a room (v3)
-//!   would have every thread take the lock for every line to reach the other clients'
-//!   sockets, so the threads queue behind one another, and one blocking `write` to a slow
-//!   reader made under the lock would stall the whole room. That is why v2 and v3 leave
-//!   threads for a single `poll` loop.
+//!   a system call and a context switch, microseconds. Here the lock is held for one seat count
+//!   and one count per address, twice per connection and never per line, so it never shows up
+//!   in a measurement. A room could be built on threads too (every client would need an
+//!   outbound queue and a writer of its own, so that no thread blocks on another's socket: v4
+//!   does exactly that with tasks); v2 and v3 take the other road, one thread for everyone.
 //! - **The blocking write is the backpressure.** A client that sends faster than it reads its
 //!   echoes fills its socket buffers until the echo `write` blocks. While its thread waits
 //!   there it does not read, so the client's next lines stay in the kernel; once that buffer
@@ -77,7 +82,6 @@
 //! buffered, control characters stripped before anything is logged or echoed, `--max-clients`
 //! to bound the number of threads, and `--max-per-ip` so that one host cannot take them all.
 
-use std::collections::HashSet;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -273,19 +277,21 @@ fn drain(mut stream: &TcpStream) {
 /// The body of one client's thread: read, frame, log and echo until the client goes away.
 fn serve_client(stream: TcpStream, addr: SocketAddr, seat: Seat, max_line: usize) {
     info!("{addr} connected");
-    match chat(&stream, addr, max_line) {
+    match echo_until_closed(&stream, addr, max_line) {
         Ok(()) => {}
         Err(error) => debug!("{addr}: {error}"),
     }
-    // Give the seat back while the socket is still open. Until it closes, no new connection can
-    // arrive from this same address, so the set never holds one address for two clients.
     drop(seat);
     drop(stream);
     info!("{addr} disconnected");
 }
 
 /// Serves one connection until end of file (`Ok`) or a read or write error (`Err`).
-fn chat(mut stream: &TcpStream, addr: SocketAddr, max_line: usize) -> std::io::Result<()> {
+fn echo_until_closed(
+    mut stream: &TcpStream,
+    addr: SocketAddr,
+    max_line: usize,
+) -> std::io::Result<()> {
     let name = addr.to_string();
     let mut framer = LineFramer::new(max_line);
     let mut buffer = [0u8; READ_BUFFER_SIZE];
@@ -301,11 +307,11 @@ fn chat(mut stream: &TcpStream, addr: SocketAddr, max_line: usize) -> std::io::R
             // End of file: the client closed or half-closed. The Python original kept calling
             // `recv` here, getting nothing back forever; this thread delivers the last line
             // and ends.
-            framer.finish(|frame| reply(frame, &name, max_line, &mut out));
+            framer.finish(|frame| echo_frame(frame, &name, max_line, &mut out));
             return stream.write_all(out.as_bytes());
         }
         framer.push(&buffer[..read], |frame| {
-            reply(frame, &name, max_line, &mut out)
+            echo_frame(frame, &name, max_line, &mut out)
         });
         if !out.is_empty() {
             // Blocks while the client is not reading: this thread waits, no other does.
@@ -317,7 +323,7 @@ fn chat(mut stream: &TcpStream, addr: SocketAddr, max_line: usize) -> std::io::R
 
 /// Appends the answer to one frame to `out`: the echo of a line (after logging it), or the
 /// too-long error. A line that sanitising leaves empty gets nothing.
-fn reply(frame: Frame<'_>, name: &str, max_line: usize, out: &mut String) {
+fn echo_frame(frame: Frame<'_>, name: &str, max_line: usize, out: &mut String) {
     match frame {
         Frame::Line(raw) => {
             let start = out.len();
@@ -333,10 +339,8 @@ fn reply(frame: Frame<'_>, name: &str, max_line: usize, out: &mut String) {
     }
 }
 
-/// Who is connected: the one piece of state all threads share, and so the one lock.
-///
-/// A set of addresses rather than a bare count, because it says who holds each seat, and it is
-/// what a chat room would grow from (v3 keeps one entry per client).
+/// How many are connected, and from where: the one piece of state all threads share, and so
+/// the one lock. Counts are all an echo server needs; a room (v3) keeps an entry per client.
 #[derive(Debug)]
 struct Clients {
     /// `--max-clients`.
@@ -347,7 +351,8 @@ struct Clients {
 /// What [`Clients`] guards.
 #[derive(Debug)]
 struct Online {
-    addrs: HashSet<SocketAddr>,
+    /// Seats taken: what `--max-clients` limits.
+    seated: usize,
     /// Connections per address, for `--max-per-ip`.
     per_ip: PerIp,
 }
@@ -357,7 +362,7 @@ impl Clients {
         Self {
             max,
             online: Mutex::new(Online {
-                addrs: HashSet::new(),
+                seated: 0,
                 per_ip: PerIp::new(max_per_ip),
             }),
         }
@@ -368,13 +373,13 @@ impl Clients {
     /// is what makes the limits exact: two threads cannot both take the last seat.
     fn join(self: &Arc<Self>, addr: SocketAddr) -> Result<Seat, String> {
         let mut online = self.lock();
-        if online.addrs.len() >= self.max {
+        if online.seated >= self.max {
             return Err(server_full(self.max));
         }
         if !online.per_ip.try_add(addr.ip()) {
             return Err(too_many_from_address(online.per_ip.max()));
         }
-        online.addrs.insert(addr);
+        online.seated += 1;
         Ok(Seat {
             clients: Arc::clone(self),
             addr,
@@ -400,7 +405,7 @@ struct Seat {
 impl Drop for Seat {
     fn drop(&mut self) {
         let mut online = self.clients.lock();
-        online.addrs.remove(&self.addr);
+        online.seated -= 1;
         online.per_ip.remove(self.addr.ip());
     }
 }
