@@ -5,6 +5,9 @@
 //! a test waits exactly as long as the server needs, and fails with a message if it never
 //! answers.
 
+pub mod client_process;
+pub mod tls;
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};

@@ -1,0 +1,287 @@
+//! TLS from the tests' side: a client that pins the server's certificate, the server's `tls on`
+//! line read back, and certificate authorities made on the spot.
+//!
+//! The client is rustls' blocking API over a `TcpStream` with deadlines, so a TLS test reads
+//! like a plaintext one: send a line, read a line, fail at the deadline.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{ring, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
+
+use crate::{Running, DEADLINE};
+
+/// What a server's `tls on <ADDR> (certificate sha256:<HEX>)` line says.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    pub addr: SocketAddr,
+    /// `sha256:` and 64 lowercase hex digits.
+    pub fingerprint: String,
+}
+
+impl Running {
+    /// Waits for the `tls on` line and reads the address and fingerprint off it.
+    pub fn tls_listener(&self) -> TlsListener {
+        let line = self.expect_log("tls on ");
+        let rest = line.split("tls on ").nth(1).unwrap();
+        let (addr, rest) = rest.split_once(' ').expect("tls on ADDR (certificate ...)");
+        let fingerprint = rest
+            .strip_prefix("(certificate ")
+            .and_then(|rest| rest.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("no (certificate sha256:...) in {line:?}"));
+        TlsListener {
+            addr: addr.parse().expect("address in the tls on line"),
+            fingerprint: fingerprint.to_owned(),
+        }
+    }
+}
+
+/// A TLS connection to a server, reading lines with a deadline.
+#[derive(Debug)]
+pub struct TlsClient {
+    stream: StreamOwned<ClientConnection, TcpStream>,
+    pending: Vec<u8>,
+}
+
+impl TlsClient {
+    /// Connects and completes the handshake, trusting exactly the certificate `fingerprint`.
+    pub fn connect(listener: &TlsListener) -> TlsClient {
+        Self::try_connect(listener.addr, &listener.fingerprint).expect("TLS handshake")
+    }
+
+    /// Like [`TlsClient::connect`], from the local address `source` (`127.0.0.2`, say).
+    pub fn connect_from(listener: &TlsListener, source: std::net::IpAddr) -> TlsClient {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(listener.addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .unwrap();
+        socket.bind(&SocketAddr::new(source, 0).into()).unwrap();
+        socket.connect(&listener.addr.into()).unwrap();
+        Self::over(socket.into(), listener.addr, &listener.fingerprint).expect("TLS handshake")
+    }
+
+    /// Like [`TlsClient::connect`], returning the handshake's error instead of panicking.
+    pub fn try_connect(addr: SocketAddr, fingerprint: &str) -> std::io::Result<TlsClient> {
+        Self::over(TcpStream::connect(addr)?, addr, fingerprint)
+    }
+
+    fn over(tcp: TcpStream, addr: SocketAddr, fingerprint: &str) -> std::io::Result<TlsClient> {
+        tcp.set_read_timeout(Some(DEADLINE))?;
+        tcp.set_write_timeout(Some(DEADLINE))?;
+        let connection = ClientConnection::new(
+            pinned_config(fingerprint),
+            ServerName::IpAddress(addr.ip().into()),
+        )
+        .map_err(std::io::Error::other)?;
+        let mut stream = StreamOwned::new(connection, tcp);
+        // Drive the handshake now, so that its failure is this call's.
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock)?;
+        }
+        Ok(TlsClient {
+            stream,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Our own address, as the server names us.
+    pub fn addr(&self) -> SocketAddr {
+        self.stream.sock.local_addr().unwrap()
+    }
+
+    pub fn send_line(&mut self, text: &str) {
+        self.stream
+            .write_all(format!("{text}\n").as_bytes())
+            .expect("send over TLS");
+        self.stream.flush().expect("flush TLS");
+    }
+
+    /// Next line without its `\r\n`; panics at the deadline or if the connection ends.
+    pub fn read_line(&mut self) -> String {
+        loop {
+            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                let raw: Vec<u8> = self.pending.drain(..=end).collect();
+                let text = String::from_utf8(raw).expect("server lines are UTF-8");
+                return text
+                    .strip_suffix("\r\n")
+                    .unwrap_or_else(|| panic!("{text:?} does not end with \\r\\n"))
+                    .to_owned();
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => panic!("the TLS connection ended while waiting for a line"),
+                Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
+                Err(e) => panic!("TLS read failed: {e}"),
+            }
+        }
+    }
+
+    /// Reads lines until one satisfies `wanted`.
+    pub fn read_until(&mut self, wanted: impl Fn(&str) -> bool) -> String {
+        loop {
+            let line = self.read_line();
+            if wanted(&line) {
+                return line;
+            }
+        }
+    }
+
+    /// Reads until the server ends the TLS session with its `close_notify`; returns the lines
+    /// that came first. Panics on a reset or on a TCP close without `close_notify`.
+    pub fn read_to_close_notify(&mut self) -> Vec<String> {
+        let mut rest = std::mem::take(&mut self.pending);
+        loop {
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                // rustls reports a clean end only after the peer's close_notify.
+                Ok(0) => break,
+                Ok(n) => rest.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+                    panic!("the server closed TCP without a TLS close_notify")
+                }
+                Err(e) => panic!("TLS read failed: {e}"),
+            }
+        }
+        String::from_utf8_lossy(&rest)
+            .split_terminator("\r\n")
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// A client configuration that trusts exactly the certificate with `fingerprint`.
+fn pinned_config(fingerprint: &str) -> Arc<ClientConfig> {
+    let provider = Arc::new(ring::default_provider());
+    let verifier = Pinned {
+        pin: fingerprint.to_owned(),
+        algorithms: provider.signature_verification_algorithms,
+    };
+    Arc::new(
+        ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth(),
+    )
+}
+
+#[derive(Debug)]
+struct Pinned {
+    pin: String,
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let presented = chat_protocol::fingerprint::of_certificate(end_entity);
+        if presented == self.pin {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!("{presented} is not pinned")))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// A certificate authority made for one test, and a server certificate it signed for
+/// 127.0.0.1, written as PEM files into `dir`.
+#[derive(Debug)]
+pub struct TestCa {
+    /// The CA's certificate: what `client --ca` takes.
+    pub ca_pem: PathBuf,
+    /// The server's certificate (leaf) and key: what `--tls-cert` and `--tls-key` take.
+    pub cert_pem: PathBuf,
+    pub key_pem: PathBuf,
+}
+
+impl TestCa {
+    pub fn new(dir: &Path) -> TestCa {
+        let now = time::OffsetDateTime::now_utc();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "sock-chat test CA");
+        ca_params.not_before = now - time::Duration::hours(1);
+        ca_params.not_after = now + time::Duration::days(1);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let mut leaf_params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .unwrap();
+        leaf_params.not_before = now - time::Duration::hours(1);
+        leaf_params.not_after = now + time::Duration::days(1);
+        let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+
+        let files = TestCa {
+            ca_pem: dir.join("ca.pem"),
+            cert_pem: dir.join("cert.pem"),
+            key_pem: dir.join("key.pem"),
+        };
+        std::fs::write(&files.ca_pem, ca.pem()).unwrap();
+        std::fs::write(&files.cert_pem, leaf.pem()).unwrap();
+        std::fs::write(&files.key_pem, leaf_key.serialize_pem()).unwrap();
+        files
+    }
+}
+
+/// A fresh, empty directory for one test's files, removed when dropped.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!(
+            "sock-chat-{name}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
