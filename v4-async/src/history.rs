@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::Chunk;
+use crate::outbox::Chunk;
 
 /// Most bytes the history keeps, whatever `--max-queue` allows: ten thousand lines of
 /// ordinary chat (the most `--history` allows), and already far more scrollback than anyone

@@ -51,14 +51,13 @@ impl Identity {
             CertSource::SelfSigned => self_signed()?,
         };
         let fingerprint = fingerprint::of_certificate(&chain[0]);
-        let config = ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .context("cannot set up TLS")?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .context("the TLS certificate and key do not make a usable pair")?;
+        let config =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                .context("cannot set up TLS")?
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .context("the TLS certificate and key do not make a usable pair")?;
         Ok(Identity {
             config: Arc::new(config),
             fingerprint,
@@ -73,7 +72,9 @@ fn read_chain(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("the TLS certificate file {shown} is not valid PEM"))?;
     if chain.is_empty() {
-        return Err(anyhow!("the TLS certificate file {shown} holds no certificate"));
+        return Err(anyhow!(
+            "the TLS certificate file {shown} holds no certificate"
+        ));
     }
     Ok(chain)
 }
@@ -92,8 +93,8 @@ fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
 /// [`SELF_SIGNED_DAYS`].
 fn self_signed() -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
     let names: Vec<String> = SELF_SIGNED_NAMES.iter().map(|&n| n.to_owned()).collect();
-    let mut params =
-        rcgen::CertificateParams::new(names).context("cannot describe a self-signed certificate")?;
+    let mut params = rcgen::CertificateParams::new(names)
+        .context("cannot describe a self-signed certificate")?;
     let now = time::OffsetDateTime::now_utc();
     // A little slack before now, for clients whose clocks run behind.
     params.not_before = now - time::Duration::hours(1);
