@@ -152,9 +152,13 @@ pub async fn run(listeners: Listeners, config: &Config, shutdown: impl Future<Ou
         }
     };
     tokio::select! {
-        () = listeners::accept_plain(&listeners.plain, &room) => {}
-        () = tls => {}
+        // In a fixed order, not tokio's random one, so that who gets the last slot is
+        // reproducible: a stop comes first, and when both listeners have connections waiting,
+        // the TLS ones (whose handshakes take longer to start) are admitted first.
+        biased;
         () = shutdown => {}
+        () = tls => {}
+        () = listeners::accept_plain(&listeners.plain, &room) => {}
     }
     // Closing the listeners first: nobody new gets in while we say goodbye.
     drop(listeners);
