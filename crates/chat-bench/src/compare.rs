@@ -5,7 +5,15 @@
 //!    for each workload:                  burst 100, burst 1000, paced, idle 10 000
 //!      for each version (rotated):       v1 v2 v3 v4
 //!        start it on port 0, RUST_LOG=warn --> load::run --> SIGTERM (SIGKILL after 3 s)
+//!    then v4 over TLS:                   burst 100, 1000 clients connecting (handshakes)
 //!  --> bench-results/<time>/results.{md,json} + charts
+//! ```
+//!
+//! The TLS row measures what TLS costs v4 (SPEC 8), not whom to trust: chat-bench starts the
+//! server with a self-signed certificate and its clients accept it unchecked
+//! ([`crate::tls`]), while the handshakes' cryptography is done in full.
+//!
+//! ```text
 //! ```
 
 use std::collections::VecDeque;
@@ -26,6 +34,7 @@ use crate::load::{self, Mode, Target, Workload};
 use crate::procfs::Process;
 use crate::progress::Progress;
 use crate::report::{self, Results, RunRecord};
+use crate::tls::Tls;
 
 /// How long a server may take to print `listening on`.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -171,6 +180,41 @@ impl Plan {
             },
         }
     }
+}
+
+/// What `compare` calls v4 over TLS in its records and tables.
+pub const V4_TLS: &str = "v4-async over TLS";
+
+/// How many clients connect at once, each with a TLS handshake, in the TLS row.
+const TLS_STORM_CLIENTS: usize = 1000;
+
+/// The TLS row's workloads: the burst of [`plans`], and a storm of [`TLS_STORM_CLIENTS`]
+/// connections whose time until all are in includes every handshake.
+pub fn tls_plans(quick: bool) -> Vec<Plan> {
+    let burst = plans(quick)
+        .into_iter()
+        .find(|p| p.kind == Kind::Burst)
+        .expect("plans has a burst");
+    vec![
+        burst,
+        Plan {
+            kind: Kind::Idle,
+            title: "TLS connection storm",
+            clients: TLS_STORM_CLIENTS,
+            senders: 0,
+            messages: 0,
+            rate: None,
+            repeats: burst.repeats,
+        },
+    ]
+}
+
+/// How a run's clients talk to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Plain,
+    /// On a `--tls-addr` beside the plaintext listener, with a self-signed certificate.
+    Tls,
 }
 
 /// The lines per second each paced sender sends: a busy chat, far below any server's limit.
@@ -425,7 +469,14 @@ pub async fn compare(args: Args, descriptors: u64) -> anyhow::Result<()> {
 
     let started_utc = std::time::SystemTime::now();
     let out = report::results_dir(&args.out, started_utc)?;
-    let total_runs: u32 = plans.iter().map(|p| p.repeats).sum::<u32>() * servers.len() as u32;
+    let tls_plans = tls_plans(args.quick);
+    let v4 = servers
+        .iter()
+        .find(|(version, _)| version.name == "v4-async")
+        .cloned()
+        .context("v4-async is one of the versions")?;
+    let total_runs: u32 = plans.iter().map(|p| p.repeats).sum::<u32>() * servers.len() as u32
+        + tls_plans.iter().map(|p| p.repeats).sum::<u32>();
     let progress = Progress::new(Some(u64::from(total_runs)));
     let clock = Instant::now();
     let mut runs = Vec::new();
@@ -446,14 +497,34 @@ pub async fn compare(args: Args, descriptors: u64) -> anyhow::Result<()> {
                     }
                 );
                 progress.start_run(name.clone());
-                let record = run_one(version, binary, plan, repeat, max_clients, &progress).await;
-                progress.note(format!("{name}: {}", report::run_line(&record)));
-                if let Some(problem) = report::record_problem(&record) {
-                    progress.warn(format!("{name}: {problem}"));
-                }
-                progress.finish_run();
-                runs.push(record);
+                let record = run_one(
+                    version,
+                    binary,
+                    plan,
+                    repeat,
+                    max_clients,
+                    Transport::Plain,
+                    &progress,
+                )
+                .await;
+                note_run(&progress, &name, record, &mut runs);
             }
+        }
+        for plan in tls_plans.iter().filter(|p| repeat < p.repeats) {
+            let name = format!("{V4_TLS} {} ({} clients)", plan.title, plan.clients);
+            progress.start_run(name.clone());
+            let (version, binary) = &v4;
+            let record = run_one(
+                version,
+                binary,
+                plan,
+                repeat,
+                max_clients,
+                Transport::Tls,
+                &progress,
+            )
+            .await;
+            note_run(&progress, &name, record, &mut runs);
         }
     }
     progress.finish();
@@ -463,10 +534,12 @@ pub async fn compare(args: Args, descriptors: u64) -> anyhow::Result<()> {
         clock.elapsed().as_secs_f64(),
         args.quick,
         &plans,
+        &tls_plans,
         runs,
     );
     report::write_all(&out, &results)?;
     println!("{}", report::summary_table(&results));
+    println!("{}", report::tls_table(&results));
     println!(
         "Full results, every run and the charts: {}/ (compare took {:.0} s)",
         out.display(),
@@ -487,17 +560,41 @@ pub async fn compare(args: Args, descriptors: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts `version`, runs `plan` against it, stops it; failures become part of the record.
+/// Says how a run went, and keeps its record.
+fn note_run(progress: &Progress, name: &str, record: RunRecord, runs: &mut Vec<RunRecord>) {
+    progress.note(format!("{name}: {}", report::run_line(&record)));
+    if let Some(problem) = report::record_problem(&record) {
+        progress.warn(format!("{name}: {problem}"));
+    }
+    progress.finish_run();
+    runs.push(record);
+}
+
+/// A free TCP port on 127.0.0.1 for the server's TLS listener. The server logs its `tls on`
+/// line at `info`, which `RUST_LOG=warn` hides, so chat-bench chooses the port itself; another
+/// program taking it in the moment between is possible and would fail the run, loudly.
+fn free_port() -> anyhow::Result<u16> {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(probe.local_addr()?.port())
+}
+
+/// Starts `version`, runs `plan` against it over `transport`, stops it; failures become part
+/// of the record.
+#[allow(clippy::too_many_arguments)]
 async fn run_one(
     version: &Version,
     binary: &Path,
     plan: &Plan,
     repeat: u32,
     max_clients: usize,
+    transport: Transport,
     progress: &Progress,
 ) -> RunRecord {
     let mut record = RunRecord {
-        version: version.name.to_owned(),
+        version: match transport {
+            Transport::Plain => version.name.to_owned(),
+            Transport::Tls => V4_TLS.to_owned(),
+        },
         workload: plan.kind,
         repeat: repeat + 1,
         report: None,
@@ -507,7 +604,28 @@ async fn run_one(
     if plan.kind == Kind::Idle {
         tokio::time::sleep(STORM_QUIET).await;
     }
-    let server = match Server::start(binary, version, max_clients, &version.compare_args()) {
+    let mut args: Vec<String> = version
+        .compare_args()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let tls_addr = match transport {
+        Transport::Plain => None,
+        Transport::Tls => match free_port() {
+            Ok(port) => {
+                let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                args.extend(["--tls-addr".into(), addr.to_string()]);
+                args.push("--tls-self-signed".into());
+                Some(addr)
+            }
+            Err(error) => {
+                record.error = Some(format!("{error:#}"));
+                return record;
+            }
+        },
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = match Server::start(binary, version, max_clients, &args) {
         Ok(server) => server,
         Err(error) => {
             record.error = Some(format!("{error:#}"));
@@ -515,8 +633,10 @@ async fn run_one(
         }
     };
     let target = Target {
-        addr: server.addr,
+        addr: tls_addr.unwrap_or(server.addr),
         process: Some(server.process()),
+        // Measuring only: chat-bench started this server with a certificate of its own.
+        tls: tls_addr.map(|_| Tls::new(None)),
     };
     let outcome = load::run(plan.workload(version.mode), target, progress).await;
     // The server goes first, so that it, not chat-bench, holds the TIME_WAIT sockets and

@@ -34,14 +34,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify, Semaphore};
+use tokio_rustls::client::TlsStream;
 
 use crate::procfs::Process;
 use crate::progress::Progress;
 use crate::tally::{new_latencies, LatencySummary, ReceiverTally, Totals, LATENCY_UNIT_NANOS};
+use crate::tls::Tls;
 use crate::token::{for_each_token, write_token, Kind, RunTag, Token, CLIENTS_MAX, TOKEN_LEN};
 
 /// The most a receiver reads at once. Big reads are what keep the generator ahead of a fast
@@ -211,11 +216,74 @@ impl Workload {
 }
 
 /// The server under test.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Target {
     pub addr: SocketAddr,
     /// Its process, if known, for CPU, memory and thread counts.
     pub process: Option<Process>,
+    /// Speak TLS to it, trusting as this says (measuring only, see [`crate::tls`]).
+    pub tls: Option<Tls>,
+}
+
+/// The reading half of a client's connection: plain TCP, or TLS over TCP.
+#[derive(Debug)]
+pub enum ReadSide {
+    Plain(OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<TlsStream<TcpStream>>),
+}
+
+/// The writing half of a client's connection: plain TCP, or TLS over TCP. TLS holds a write's
+/// last record until a flush, so every write here is followed by one (a no-op on TCP).
+#[derive(Debug)]
+pub enum WriteSide {
+    Plain(OwnedWriteHalf),
+    Tls(tokio::io::WriteHalf<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for ReadSide {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ReadSide::Plain(half) => Pin::new(half).poll_read(cx, buf),
+            ReadSide::Tls(half) => Pin::new(half).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for WriteSide {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            WriteSide::Plain(half) => Pin::new(half).poll_write(cx, buf),
+            WriteSide::Tls(half) => Pin::new(half).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            WriteSide::Plain(half) => Pin::new(half).poll_flush(cx),
+            WriteSide::Tls(half) => Pin::new(half).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            WriteSide::Plain(half) => Pin::new(half).poll_shutdown(cx),
+            WriteSide::Tls(half) => Pin::new(half).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Writes all of `bytes`, and flushes what TLS held back.
+async fn send(writer: &mut WriteSide, bytes: &[u8]) -> std::io::Result<()> {
+    writer.write_all(bytes).await?;
+    writer.flush().await
 }
 
 /// Everything one run measured.
@@ -295,8 +363,8 @@ pub struct ServerReport {
 #[derive(Debug, Default)]
 pub struct Connections {
     // Never read: holding them is what keeps the clients connected.
-    _readers: Vec<OwnedReadHalf>,
-    _writers: Vec<OwnedWriteHalf>,
+    _readers: Vec<ReadSide>,
+    _writers: Vec<WriteSide>,
 }
 
 /// What every task of a run shares. Written rarely: once per read chunk at most.
@@ -393,12 +461,12 @@ impl Receiver {
 
 /// Reads until told to stop or the server closes the connection.
 async fn receive(
-    mut reader: OwnedReadHalf,
+    mut reader: ReadSide,
     mut me: Receiver,
     buffer_size: usize,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
-) -> (OwnedReadHalf, Receiver) {
+) -> (ReadSide, Receiver) {
     let mut buffer = vec![0u8; buffer_size];
     let mut filled = 0;
     // Created once: a fresh `changed()` per read would register with the shared channel (a
@@ -450,11 +518,11 @@ struct Sent {
 /// Sends `messages` lines as fast as the window (and TCP) allow, `SEND_BATCH_LINES` per write.
 async fn send_burst(
     sender: u16,
-    mut writer: OwnedWriteHalf,
+    mut writer: WriteSide,
     workload: Arc<Workload>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
-) -> (OwnedWriteHalf, Sent) {
+) -> (WriteSide, Sent) {
     let window = workload
         .witness(usize::from(sender))
         .filter(|_| workload.window > 0)
@@ -496,7 +564,7 @@ async fn send_burst(
         let written = tokio::select! {
             biased;
             _ = &mut stopped => break,
-            written = writer.write_all(&batch) => written,
+            written = send(&mut writer, &batch) => written,
         };
         if let Err(error) = written {
             sent.error = Some(error.to_string());
@@ -683,9 +751,10 @@ pub async fn run(
         let workload = Arc::clone(&workload);
         let shared = Arc::clone(&shared);
         let stop = stop_rx.clone();
+        let target = target.clone();
         connecting.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
-            connect_client(client, target.addr, &workload, shared, buffer_size, stop).await
+            connect_client(client, &target, &workload, shared, buffer_size, stop).await
         }));
     }
     let mut writers = Vec::with_capacity(clients);
@@ -749,7 +818,7 @@ pub async fn run(
         }
         if let (Mode::Broadcast, Some(prober)) = (workload.mode, &mut writers[0]) {
             // A failed probe is the prober's connection closing: its receiver reports that.
-            if let Err(error) = prober.write_all(&probe_line(tag, 0, round)).await {
+            if let Err(error) = send(prober, &probe_line(tag, 0, round)).await {
                 probe_error = Some(error);
             }
             round += 1;
@@ -966,19 +1035,29 @@ pub async fn run(
 /// receiver.
 async fn connect_client(
     client: usize,
-    addr: SocketAddr,
+    target: &Target,
     workload: &Workload,
     shared: Arc<Shared>,
     buffer_size: usize,
     stop: watch::Receiver<bool>,
-) -> anyhow::Result<(
-    OwnedWriteHalf,
-    tokio::task::JoinHandle<(OwnedReadHalf, Receiver)>,
-)> {
-    let stream = TcpStream::connect(addr).await?;
+) -> anyhow::Result<(WriteSide, tokio::task::JoinHandle<(ReadSide, Receiver)>)> {
+    let stream = TcpStream::connect(target.addr).await?;
     // Small lines, each one awaited by someone: never hold them back for Nagle.
     stream.set_nodelay(true)?;
-    let (reader, mut writer) = stream.into_split();
+    let (reader, mut writer) = match &target.tls {
+        None => {
+            let (reader, writer) = stream.into_split();
+            (ReadSide::Plain(reader), WriteSide::Plain(writer))
+        }
+        Some(tls) => {
+            let stream = tls
+                .connect(stream, target.addr)
+                .await
+                .context("TLS handshake")?;
+            let (reader, writer) = tokio::io::split(stream);
+            (ReadSide::Tls(reader), WriteSide::Tls(writer))
+        }
+    };
     let receiver = Receiver {
         me: client as u16,
         own_lines_expected_back: workload.mode == Mode::Echo,
@@ -1005,17 +1084,24 @@ async fn connect_client(
     // reports the closing, with what the server said, so write errors are not reported here.
     if let Some(hello) = &workload.hello {
         let line = format!("{}\n", hello.replace("{i}", &client.to_string()));
-        let _ = writer.write_all(line.as_bytes()).await;
+        let _ = send(&mut writer, line.as_bytes()).await;
     }
     if workload.mode == Mode::Echo {
-        let _ = writer.write_all(&probe_line(shared.tag, client, 0)).await;
+        let _ = send(&mut writer, &probe_line(shared.tag, client, 0)).await;
     }
     Ok((writer, receiving))
 }
 
 /// A blocking-API handle on a sender's socket for the pacer thread. It shares the socket (and
 /// its non-blocking flag) with tokio's half, which stays open in [`Connections`].
-fn duplicate(writer: &OwnedWriteHalf) -> std::io::Result<std::net::TcpStream> {
+/// Paced runs are plaintext only: a TLS connection's records cannot be written from a second
+/// handle.
+fn duplicate(writer: &WriteSide) -> std::io::Result<std::net::TcpStream> {
+    let WriteSide::Plain(writer) = writer else {
+        return Err(std::io::Error::other(
+            "paced runs (--rate) speak plaintext only",
+        ));
+    };
     let stream: &TcpStream = writer.as_ref();
     Ok(socket2::SockRef::from(stream).try_clone()?.into())
 }

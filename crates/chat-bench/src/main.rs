@@ -75,6 +75,7 @@ mod progress;
 mod report;
 mod soak;
 mod tally;
+mod tls;
 mod token;
 
 use std::net::SocketAddr;
@@ -158,6 +159,20 @@ struct RunArgs {
     #[arg(long, value_name = "LINES")]
     window: Option<u32>,
 
+    /// Speak TLS to the server (burst and connect workloads; --rate needs plaintext), trusting
+    /// it by --fingerprint or, with --tls-insecure, not checking whom you talk to at all.
+    #[arg(long)]
+    tls: bool,
+
+    /// With --tls: the server's certificate fingerprint, as its `tls on` line prints it.
+    #[arg(long, value_name = "sha256:HEX", requires = "tls", conflicts_with = "tls_insecure",
+          value_parser = chat_protocol::fingerprint::parse)]
+    fingerprint: Option<chat_protocol::fingerprint::Sha256Digest>,
+
+    /// With --tls: accept any certificate. For measuring only, never for talking to anyone.
+    #[arg(long, requires = "tls")]
+    tls_insecure: bool,
+
     /// Print the measurements as JSON on stdout instead of a summary.
     #[arg(long)]
     json: bool,
@@ -209,9 +224,20 @@ async fn run(args: RunArgs, descriptors: u64) -> anyhow::Result<i32> {
         hello: args.hello,
         settle: std::time::Duration::ZERO,
     };
+    let tls = match (args.tls, args.fingerprint, args.tls_insecure) {
+        (false, ..) => None,
+        (true, None, false) => {
+            bail!("--tls needs the server's --fingerprint sha256:HEX, or --tls-insecure")
+        }
+        (true, pin, _) => Some(tls::Tls::new(pin)),
+    };
+    if tls.is_some() && workload.rate.is_some() {
+        bail!("paced runs (--rate) speak plaintext only; drop --tls or --rate");
+    }
     let target = Target {
         addr: args.addr,
         process: args.server_pid.map(|pid| Process { pid }),
+        tls,
     };
     let progress = Progress::new(None);
     progress.start_run(format!("chat-bench run against {}", args.addr));

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::compare::{Kind, Plan, VERSIONS};
+use crate::compare::{Kind, Plan, V4_TLS, VERSIONS};
 use crate::load::{Mode, RunReport};
 use crate::tally::LatencySummary;
 
@@ -384,6 +384,9 @@ pub struct Results {
     pub machine: Machine,
     pub workloads: Vec<Plan>,
     pub summary: Vec<Summary>,
+    /// v4 over TLS: its burst and its connection storm.
+    pub tls_workloads: Vec<Plan>,
+    pub tls_summary: Vec<Summary>,
     pub runs: Vec<RunRecord>,
 }
 
@@ -393,6 +396,7 @@ impl Results {
         duration_s: f64,
         quick: bool,
         plans: &[Plan],
+        tls_plans: &[Plan],
         runs: Vec<RunRecord>,
     ) -> Results {
         let mut summary = Vec::new();
@@ -407,6 +411,16 @@ impl Results {
                 }
             }
         }
+        let mut tls_summary = Vec::new();
+        for plan in tls_plans {
+            let of_this: Vec<&RunRecord> = runs
+                .iter()
+                .filter(|r| r.workload == plan.kind && r.version == V4_TLS)
+                .collect();
+            if !of_this.is_empty() {
+                tls_summary.push(Summary::of(V4_TLS, plan, &of_this));
+            }
+        }
         Results {
             started_utc: utc_text(started),
             duration_s,
@@ -414,6 +428,8 @@ impl Results {
             machine: Machine::this_one(),
             workloads: plans.to_vec(),
             summary,
+            tls_workloads: tls_plans.to_vec(),
+            tls_summary,
             runs,
         }
     }
@@ -633,6 +649,55 @@ pub fn summary_table(results: &Results) -> String {
     out
 }
 
+/// v4 over TLS beside plaintext v4: what the encryption and the handshakes cost.
+pub fn tls_table(results: &Results) -> String {
+    let tls = |kind| results.tls_summary.iter().find(|s| s.workload == kind);
+    let plain = |kind| results.summary("v4-async", kind);
+    let burst = results
+        .tls_workloads
+        .iter()
+        .find(|p| p.kind == Kind::Burst)
+        .map_or(0, |p| p.clients);
+    let storm = results
+        .tls_workloads
+        .iter()
+        .find(|p| p.kind == Kind::Idle)
+        .map_or(0, |p| p.clients);
+    let mut out = String::from("| | v4-async | v4-async over TLS |\n|---|---|---|\n");
+    let rate = |s: Option<&Summary>| cell(s.and_then(|s| s.deliveries_per_s), per_second);
+    let _ = writeln!(
+        out,
+        "| deliveries/s, burst, {burst} clients | {} | {} |",
+        rate(plain(Kind::Burst)),
+        rate(tls(Kind::Burst))
+    );
+    let _ = writeln!(
+        out,
+        "| latency p50 / p99, burst, {burst} clients | {} | {} |",
+        p50_p99(plain(Kind::Burst)),
+        p50_p99(tls(Kind::Burst))
+    );
+    let cpu = |s: Option<&Summary>| {
+        cell(s.and_then(|s| s.cpu_ns_per_delivery), |ns| {
+            format!("{ns:.0} ns")
+        })
+    };
+    let _ = writeln!(
+        out,
+        "| server CPU per delivery, burst, {burst} clients | {} | {} |",
+        cpu(plain(Kind::Burst)),
+        cpu(tls(Kind::Burst))
+    );
+    let _ = writeln!(
+        out,
+        "| {storm} clients connected and in (TLS: handshakes included) | - | {} |",
+        cell(tls(Kind::Idle).and_then(|s| s.accept_ms), |ms| format!(
+            "{ms:.0} ms"
+        ))
+    );
+    out
+}
+
 fn workload_description(plan: &Plan) -> String {
     match plan.kind {
         Kind::Burst | Kind::Scale => format!(
@@ -695,6 +760,21 @@ pub fn results_markdown(results: &Results) -> String {
          flight (the senders' windows) divided by the rate; its spread (p99 against p50) shows \
          how evenly the server serves its clients.\n"
     );
+    if !results.tls_summary.is_empty() {
+        let _ = writeln!(out, "## v4 over TLS\n");
+        out.push_str(&tls_table(results));
+        let _ = writeln!(
+            out,
+            "\nThe same burst against v4's TLS listener (TLS 1.3, rustls with ring, a self-signed \
+             certificate), and {} clients connecting at once, 256 at a time, each with a full \
+             handshake: the time until every one was proven in the room.\n",
+            results
+                .tls_workloads
+                .iter()
+                .find(|p| p.kind == Kind::Idle)
+                .map_or(0, |p| p.clients)
+        );
+    }
     let _ = writeln!(out, "Workloads:\n");
     for plan in &results.workloads {
         let _ = writeln!(out, "- {}", workload_description(plan));
