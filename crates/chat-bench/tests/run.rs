@@ -154,3 +154,53 @@ fn a_hello_line_goes_first_and_the_token_is_found_whatever_the_name() {
     );
     assert_clean(&report(&output), 2 * 30 * 3);
 }
+
+#[test]
+fn a_run_over_tls_counts_every_delivery_once() {
+    let v4 = Server::V4Async.start(&[
+        "--rate",
+        "0",
+        "--tls-addr",
+        "127.0.0.1:0",
+        "--tls-self-signed",
+    ]);
+    let tls = v4.tls_listener();
+    for trust in [
+        ["--fingerprint", tls.fingerprint.as_str()],
+        ["--tls-insecure", ""],
+    ] {
+        let trust: Vec<&str> = trust.into_iter().filter(|arg| !arg.is_empty()).collect();
+        let output = Command::new(env!("CARGO_BIN_EXE_chat-bench"))
+            .args(["run", "--json", "--tls", "--addr", &tls.addr.to_string()])
+            .args(&trust)
+            .args(["--clients", "5", "--senders", "2", "--messages", "50"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run chat-bench");
+        // 2 senders x 50 lines x 4 other clients.
+        assert_clean(&report(&output), 400);
+    }
+}
+
+#[test]
+fn a_run_over_tls_with_the_wrong_fingerprint_fails_in_one_sentence() {
+    let v4 = Server::V4Async.start(&["--tls-addr", "127.0.0.1:0", "--tls-self-signed"]);
+    let tls = v4.tls_listener();
+    let wrong = format!("sha256:{}", "ab".repeat(32));
+    let output = Command::new(env!("CARGO_BIN_EXE_chat-bench"))
+        .args([
+            "run",
+            "--tls",
+            "--fingerprint",
+            &wrong,
+            "--addr",
+            &tls.addr.to_string(),
+        ])
+        .args(["--clients", "2", "--senders", "1", "--messages", "1"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run chat-bench");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not the pinned"), "{stderr}");
+}
