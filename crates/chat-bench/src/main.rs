@@ -6,12 +6,14 @@
 //! target/release/chat-bench run --addr 127.0.0.1:8080 --mode broadcast \
 //!     --clients 100 --senders 10 --messages 20000     # any running line-based chat server
 //! target/release/chat-bench soak --server v4-async --minutes 10   # PASS or FAIL
+//! target/release/chat-bench run --addr 127.0.0.1:8443 --tls --fingerprint sha256:...  # over TLS
 //! ```
 //!
 //! `compare` starts each server itself (port 0, `RUST_LOG=warn`), drives real TCP clients at
 //! it, and writes `bench-results/<time>/`: `results.md` (the README's table with numbers),
 //! `results.json` (every run) and SVG charts. `run` measures one workload against a server
-//! that is already running, ours or anyone's (`--hello` for one that asks for a name first).
+//! that is already running, ours or anyone's (`--hello` for one that asks for a name first;
+//! `--tls` for a TLS listener, for measuring only: see [`tls`]).
 //! `soak` runs one server for minutes under well-behaved, flooding, non-reading and churning
 //! clients at once, and judges it: nothing lost, no well-behaved client evicted, memory and
 //! descriptors flat (see [`soak`]).
