@@ -8,7 +8,7 @@
 //! ```
 //!
 //! This file only parses the command line, binds the listeners and hands them to the library;
-//! the lesson starts in `lib.rs` (`cargo doc -p v4-async --open`), which maps the rest.
+//! the lesson starts in `lib.rs` (`cargo doc -p v4-async --document-private-items --open`), which maps the rest.
 
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
