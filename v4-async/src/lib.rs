@@ -54,10 +54,11 @@
 //!   lock of its own, and a few counters are atomics so a reader can check them without a lock.
 //! - **A writer task per client.** v3 wrote to each socket when `poll` said `POLLOUT`; v4 gives
 //!   each client a task that `.await`s its own socket, so one slow receiver only waits itself.
-//! - **Copied into a batch, not `writev`'d per line.** v3 copied every line into each
-//!   receiver's byte buffer; v4 formats a read's lines into one batch, shared by pointer
-//!   between all receivers, and the writer hands the shared chunks to the kernel in one
-//!   vectored write.
+//! - **A batch per read, where v3 had a turn.** v3 formatted what each client sent in a turn
+//!   into one shared `Rc<[u8]>` chunk and gave each receiver one `writev` of its queued chunks
+//!   per turn. v4 has no turns: a reader copies the lines of one read into a batch, shares it
+//!   (`Arc<[u8]>`) with every receiver, and each writer hands its queued chunks to the kernel
+//!   in one vectored write whenever its socket takes them.
 //! - **The turn's pacing becomes "readers wait for room".** v3 took `POLLIN` away from every
 //!   sender while a receiver's buffer was full, and its loop served clients in turns. v4's
 //!   readers wait on a `Notify` until every other queue is at most half full, and reserve the

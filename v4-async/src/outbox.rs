@@ -11,9 +11,8 @@
 //! **A queue holds pointers, not copies.** A relay is formatted once into an `Arc<[u8]>`
 //! ([`Chunk`]); every receiver's queue points at the same bytes, and a writer hands its chunks
 //! to the connection where they are, in one vectored write (`writev` on TCP). So a thousand
-//! clients that never read cost one copy of what was said, plus a pointer per chunk each.
-//! Where v3 kept one byte buffer per client and copied every line into each, v4 copies a line
-//! once, into the chunk, and shares it.
+//! clients that never read cost one copy of what was said, plus a pointer per chunk each, as
+//! v3's shared chunks did on one thread.
 //!
 //! **Slow consumers.** A queue more than half full holds the room's readers back (see
 //! [`crate::room`]); it notes since when ([`Outbox::holding_back`]), and one that has held them
