@@ -30,8 +30,8 @@
 //! - **One thread per client.** Each thread reserves [`CLIENT_STACK_SIZE`] of address space, of
 //!   which the kernel backs only the pages it touches. `docs/benchmarks/results.md` measures,
 //!   per idle client: 13.8 KB of resident memory in the server (its stack pages, std's signal
-//!   stack, thread-locals), 32.3 KB of kernel memory (both ends of the loopback connection,
-//!   and this thread's kernel stack and task: compare v2's 8.0 KB, which has the same two
+//!   stack, thread-locals), 31.8 KB of kernel memory (both ends of the loopback connection,
+//!   and this thread's kernel stack and task: compare v2's 8.1 KB, which has the same two
 //!   sockets and no thread), and 4.0 memory mappings. The mappings set the ceiling: Linux
 //!   gives a process at most `vm.max_map_count` of them (65 530 by default), so about 16 000
 //!   client threads, which comes long before memory runs out or `ulimit -u` applies. A refused
@@ -39,9 +39,9 @@
 //! - **Context switches.** Every wake-up of a client thread is a switch by the kernel's
 //!   scheduler, which a single-threaded loop avoids. They are fewer than one might fear: in a
 //!   burst a woken thread finds many lines waiting and echoes them in one `write`, so
-//!   `results.md` counts 0.005 switches per delivery; in paced chat, where each line wakes its
+//!   `results.md` counts 0.006 switches per delivery; in paced chat, where each line wakes its
 //!   thread alone, v1 switches no more often per line than v2's loop does. v1 does spend more
-//!   server CPU per delivery than v2 in the burst (`results.md`: 212 against 108 ns), but at
+//!   server CPU per delivery than v2 in the burst (`results.md`: 193 against 119 ns), but at
 //!   that rate of switching the switches themselves cannot explain the difference, and these
 //!   numbers do not say where it goes; what they do show plainly is the memory and the
 //!   ceiling above.

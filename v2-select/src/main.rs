@@ -87,7 +87,7 @@
 //!
 //! One thread and a few hundred bytes per idle client (a table slot, its name, an empty framer
 //! and an empty, unallocated outbox; `docs/benchmarks/results.md` measures 190 B per idle
-//! connection). The kernel's side is larger: results.md counts 8.0 KB of kernel memory per
+//! connection). The kernel's side is larger: results.md counts 8.1 KB of kernel memory per
 //! idle connection, both ends of a loopback connection together (two sockets and their files),
 //! and the kernel keeps the socket buffers. Every turn rebuilds the `poll` array and
 //! the kernel scans all of it, so a turn costs O(clients) even when one client is busy. And

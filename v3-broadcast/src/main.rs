@@ -88,20 +88,20 @@
 //! (`Rc`) by the queues, never copied per receiver, and each receiver gets one `writev` per
 //! turn with the chunks of every sender of that turn. `docs/benchmarks/results.md` shows both
 //! ends of it: in a burst from 10 of 100 clients a turn carries many lines to each receiver,
-//! and a delivery costs the server 13 ns of CPU (21.15 M deliveries/s); in paced chat a turn
-//! usually carries one line, and a delivery costs 5478 ns, one `writev` each.
+//! and a delivery costs the server 12 ns of CPU (43.12 M deliveries/s); in paced chat a turn
+//! usually carries one line, and a delivery costs 4899 ns, one `writev` each.
 //!
 //! Backpressure costs little when receivers keep up: a few passes over the clients' slots
 //! before each `poll`, to find the fullest queue and the next deadline, cheap next to `poll`'s
 //! own pass over every descriptor in the kernel. When they do not keep up, the room goes at
 //! the pace of its slowest receiver, for at most `--stall-ms` at a time.
 //!
-//! Memory is about 200 bytes per idle client (results.md: 194 B; a table slot, its name, an
-//! empty framer and an empty queue), and the kernel's own for each connection (results.md:
-//! 7.7 KB, counting both ends of a loopback connection: two sockets and their files), plus, for a client that is behind, about `--max-queue`
-//! or one read's worth, whichever is more: join and leave notices are queued even for a full
-//! queue, but a full queue is dropped within `--stall-ms`. As in v2, each turn polls every
-//! descriptor, which takes milliseconds with 10 000 clients, and one thread does all the work.
+//! Memory is about 200 bytes per idle client (results.md: 193 B; a table slot, its name, an
+//! empty framer and an empty queue), beside the kernel's own for each connection (results.md:
+//! 7.4 KB, counting both ends of a loopback connection: two sockets and their files). A client
+//! that is behind costs about `--max-queue` more, or one read's worth, whichever is more: join
+//! and leave notices are queued even for a full queue, but a full queue is dropped within
+//! `--stall-ms`. As in v2, each turn polls every descriptor, and one thread does all the work.
 //!
 //! ## What the Python original got wrong
 //!

@@ -71,8 +71,8 @@
 //! ## What it costs
 //!
 //! Two small tasks and one queue per client, and no buffers held between messages:
-//! `chat-bench compare` measured 2.5 KB of memory per idle client (v3: 194 B, v1: 13.8 KB),
-//! 22.19 M deliveries/s in a burst with 100 clients (v3: 21.15 M/s), and 9.5 MB peak with
+//! `chat-bench compare` measured 2.3 KB of memory per idle client (v3: 193 B, v1: 13.8 KB),
+//! 37.50 M deliveries/s in a burst with 100 clients (v3: 43.12 M/s), and 10.0 MB peak with
 //! 1000 clients in a burst (docs/benchmarks/results.md). The tasks, the locks and the reactor
 //! cost CPU that v3's single loop does not spend; what they buy is code that reads in order,
 //! per client, and a room that other transports can join.
