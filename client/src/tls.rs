@@ -9,24 +9,19 @@
 //!   how a class trusts the teacher's self-signed certificate.
 //!
 //! A pin replaces the chain and name checks, nothing else: the server must still prove, by
-//! signing the handshake, that it holds the certificate's private key. A certificate is public
-//! (every client receives it), so a pin that only compared bytes would let anyone who once
-//! connected impersonate the server.
+//! signing the handshake, that it holds the certificate's private key
+//! (`chat_protocol::pin`, shared with chat-bench and the tests).
 
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
-use chat_protocol::fingerprint::{self, Sha256Digest};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{
-    ring, verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms,
-};
+use chat_protocol::fingerprint::Sha256Digest;
+use chat_protocol::pin::PinnedCertificate;
+use rustls::crypto::ring;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{CertificateError, ClientConfig, RootCertStore};
 
 /// Whom the client trusts.
 #[derive(Debug, Clone)]
@@ -54,10 +49,7 @@ pub fn client_config(trust: &Trust) -> anyhow::Result<Arc<ClientConfig>> {
             .with_no_client_auth(),
         Trust::Fingerprint(pin) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
-                pin: *pin,
-                algorithms: provider.signature_verification_algorithms,
-            }))
+            .with_custom_certificate_verifier(Arc::new(PinnedCertificate::new(*pin)))
             .with_no_client_auth(),
     };
     Ok(Arc::new(config))
@@ -91,59 +83,6 @@ fn roots_from(path: &Path) -> anyhow::Result<RootCertStore> {
         return Err(anyhow!("the CA file {shown} holds no certificate"));
     }
     Ok(roots)
-}
-
-/// Accepts exactly one certificate, by its SHA-256, and still checks every handshake signature
-/// against it.
-#[derive(Debug)]
-struct PinnedCertificate {
-    pin: Sha256Digest,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for PinnedCertificate {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let presented = fingerprint::digest(end_entity);
-        if presented == self.pin {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(format!(
-                "its fingerprint is {}, not the pinned {}",
-                fingerprint::format(&presented),
-                fingerprint::format(&self.pin)
-            )))
-        }
-    }
-
-    // The pin says which certificate; these prove the server holds its private key.
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        signature: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, signature, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        signature: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, signature, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
 }
 
 /// The name the certificate must carry, from the address as typed: a host name is checked (and

@@ -7,6 +7,7 @@
 //!   `8080`);
 //! - [`fingerprint`]: how a TLS certificate is named for pinning (`sha256:...`);
 //! - [`framing`]: bytes in, lines out, with a hard cap on the memory one line may take;
+//! - `pin` (feature `tls`): trusting one certificate by its fingerprint, handshake still verified;
 //! - [`sanitize`]: what a line may contain before anyone else sees it;
 //! - [`message`]: the exact text of every chat line and notice;
 //! - [`command`]: v4's `/commands` and nickname rules;
@@ -23,6 +24,8 @@ pub mod fingerprint;
 pub mod framing;
 pub mod limits;
 pub mod message;
+#[cfg(feature = "tls")]
+pub mod pin;
 pub mod sanitize;
 pub mod startup;
 
