@@ -437,7 +437,7 @@ impl Conversation {
 
 /// One `#[test]` per server for each test body `fn name(server: Server)`:
 ///
-/// ```ignore
+/// ```text
 /// server_tests! {
 ///     [v1_threads, v2_select, v3_broadcast, v4_async] => {
 ///         overlong_line_gets_error,
