@@ -232,7 +232,7 @@ struct Server {
     read_buf: Box<[u8]>,
     /// What one read turns into (echoes and notices), formatted once; reused to keep the
     /// allocation.
-    reply: String,
+    echoes: String,
     /// The clients that `poll` reported this turn, with their events; reused.
     ready: Vec<(usize, PollFlags)>,
     /// Which of `closing` `poll` reported this turn, in the same order; reused.
@@ -271,6 +271,8 @@ struct Closing {
 enum Close {
     /// It half-closed and everything queued for it was sent.
     Finished,
+    /// It half-closed, then hung up entirely with echoes still owed: nobody will read them.
+    HungUp,
     /// The socket failed: a reset, a broken pipe.
     Broken(io::Error),
 }
@@ -290,7 +292,7 @@ impl Server {
             closing: Vec::new(),
             accept_paused_until: None,
             read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
-            reply: String::new(),
+            echoes: String::new(),
             ready: Vec::new(),
             closing_ready: Vec::new(),
         }
@@ -395,12 +397,11 @@ impl Server {
             if events.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
                 self.read_and_echo(id);
             }
-        } else if client.outbox.is_empty()
-            || events.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)
-        {
-            // Half-closed earlier, and now everything is sent, or the peer is gone entirely
-            // and nobody will read the rest.
+        } else if client.outbox.is_empty() {
+            // Half-closed earlier, and now everything is sent.
             self.close(id, Close::Finished);
+        } else if events.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
+            self.close(id, Close::HungUp);
         }
     }
 
@@ -416,9 +417,9 @@ impl Server {
             // they are sent.
             return;
         }
-        let (reply, too_long) = (&mut self.reply, self.too_long.as_str());
-        reply.clear();
-        let on_frame = |frame: Frame<'_>| echo(reply, &client.name, frame, too_long);
+        let (echoes, too_long) = (&mut self.echoes, self.too_long.as_str());
+        echoes.clear();
+        let on_frame = |frame: Frame<'_>| echo(echoes, &client.name, frame, too_long);
         match read_some(&client.stream, &mut self.read_buf[..room]) {
             Ok(0) => {
                 // End of file: the client half-closed. Its last line may lack a `\n`.
@@ -430,9 +431,9 @@ impl Server {
             Err(error) if error.kind() == ErrorKind::WouldBlock => return,
             Err(error) => return self.close(id, Close::Broken(error)),
         }
-        let reply = self.reply.as_bytes();
-        if !reply.is_empty() {
-            if let Err(close) = client.outbox.send(&client.stream, reply) {
+        let echoes = self.echoes.as_bytes();
+        if !echoes.is_empty() {
+            if let Err(close) = client.outbox.send(&client.stream, echoes) {
                 return self.close(id, close);
             }
         }
@@ -548,8 +549,14 @@ impl Server {
         self.free.push(id);
         self.connected -= 1;
         self.per_ip.remove(client.ip);
-        if let Close::Broken(error) = close {
-            debug!("{}: {error}", client.name);
+        match close {
+            Close::Finished => {}
+            Close::HungUp => debug!(
+                "{}: hung up with {} bytes of echoes unsent",
+                client.name,
+                client.outbox.len()
+            ),
+            Close::Broken(error) => debug!("{}: {error}", client.name),
         }
         info!("{} disconnected", client.name);
         // Dropping `client` closes its descriptor.
@@ -624,15 +631,15 @@ fn reply_bound(
 
 /// Appends what one frame turns into: the echo of a line (which is also logged), or the
 /// too-long notice. Sanitised-empty lines add nothing.
-fn echo(reply: &mut String, name: &str, frame: Frame<'_>, too_long: &str) {
+fn echo(echoes: &mut String, name: &str, frame: Frame<'_>, too_long: &str) {
     match frame {
         Frame::Line(raw) => {
-            let start = reply.len();
-            if push_chat_line(reply, name, raw) {
-                info!("{}", &reply[start..reply.len() - CRLF.len()]);
+            let start = echoes.len();
+            if push_chat_line(echoes, name, raw) {
+                info!("{}", &echoes[start..echoes.len() - CRLF.len()]);
             }
         }
-        Frame::TooLong => reply.push_str(too_long),
+        Frame::TooLong => echoes.push_str(too_long),
     }
 }
 
