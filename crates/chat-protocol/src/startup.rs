@@ -14,9 +14,9 @@ use tracing_subscriber::filter::{Directive, EnvFilter, LevelFilter};
 /// How many connections may wait to be accepted. std's `TcpListener::bind` uses 128; a burst of
 /// thousands of connects then overflows the queue and clients wait seconds on SYN retries.
 /// On loopback a connect completes before the server accepts it, so a storm fills the queue as
-/// fast as the clients can connect: with 1024, a 10 000-client storm in `chat-bench compare`
-/// still overflowed it and took 1.4-2.4 s; with 4096 (Linux's default `somaxconn`, which caps
-/// it), 0.45-0.55 s.
+/// fast as the clients can connect, and a full queue drops SYNs that are retried only a second
+/// later. 4096 is Linux's default `somaxconn`, which caps it; `docs/benchmarks/results.md`
+/// times a 10 000-client storm against it ("10000 clients accepted in").
 pub const LISTEN_BACKLOG: i32 = 4096;
 
 /// Lines the log writer may hold while the console (or a pipe nobody reads) is slow; beyond
