@@ -75,9 +75,9 @@
 //! 37.50 M deliveries/s in a burst with 100 clients (v3: 43.12 M/s), and 10.0 MB peak with
 //! 1000 clients in a burst (docs/benchmarks/results.md). The kernel's side is the same as for
 //! v2 and v3: results.md counts 7.6 KB of kernel memory per idle connection, both ends of a
-//! loopback connection together. The tasks, the locks and the reactor
-//! cost CPU that v3's single loop does not spend; what they buy is code that reads in order,
-//! per client, and a room that other transports can join.
+//! loopback connection together. The tasks, the locks and the reactor cost CPU that v3's
+//! single loop does not spend; what they buy is code that reads in order, per client, and a
+//! room that other transports can join.
 //!
 //! ## What an open room must bound
 //!
