@@ -10,6 +10,7 @@ server_tests! {
         control_characters_and_escapes_are_removed_but_tabs_stay,
         trailing_whitespace_is_trimmed_and_leading_kept,
         a_line_of_only_control_characters_is_ignored,
+        bidirectional_controls_are_removed,
         the_server_log_gets_the_cleaned_line,
     }
 }
@@ -51,6 +52,24 @@ fn invalid_utf8_arrives_as_replacement_characters(server: Server) {
             (
                 "still fine: h\u{e9}llo \u{1f44b}\n".as_bytes(),
                 "still fine: h\u{e9}llo \u{1f44b}",
+            ),
+        ],
+    );
+}
+
+/// U+202E (RIGHT-TO-LEFT OVERRIDE) would display the rest of a line, and in some terminals
+/// the lines after it, backwards ("Trojan Source"); every embedding, override and isolate goes.
+fn bidirectional_controls_are_removed(server: Server) {
+    let running = server.start(&[]);
+    let mut chat = running.conversation();
+    expect_cleaned(
+        &mut chat,
+        &[
+            ("pay \u{202e}001$ to bob\n".as_bytes(), "pay 001$ to bob"),
+            (
+                "a\u{202a}b\u{202b}c\u{202c}d\u{202d}e\u{2066}f\u{2067}g\u{2068}h\u{2069}i\n"
+                    .as_bytes(),
+                "abcdefghi",
             ),
         ],
     );
