@@ -156,3 +156,31 @@ fn a_slot_freed_by_a_leaving_client_can_be_taken_again() {
     witness.expect_line(&format!("* {} left (1 online)", leaver.addr()));
     join_from(&server, host(2), 2);
 }
+
+/// Turning a connection away holds its descriptor for a moment (the notice, then a drain), so
+/// a storm of refused connections is turned away at most 256 at a time (`TURNING_AWAY_MAX`);
+/// the rest get the short answer at once. However many crowd in, the server holds a bounded
+/// number of descriptors for them, and each still reads why it was refused.
+#[test]
+fn a_storm_of_refused_connections_holds_a_bounded_number_of_descriptors() {
+    const STORM: usize = 600;
+    const TURNING_AWAY_MAX: usize = 256;
+    const SLACK: usize = 16;
+    let server = Server::V4Async.start(&["--max-clients", "1"]);
+    let mut seated = server.connect();
+    seated.read_until(|line| line.starts_with("* welcome "));
+    let baseline = server.open_fds();
+    let mut storm: Vec<Client> = (0..STORM).map(|_| server.connect()).collect();
+    for client in &mut storm {
+        client.expect_line("* server full (1 clients)");
+    }
+    // Every refusal has been sent; those being drained still hold their descriptors, the
+    // others are closed already.
+    let held = server.open_fds().saturating_sub(baseline);
+    assert!(
+        held <= TURNING_AWAY_MAX + SLACK,
+        "{held} descriptors held for {STORM} refused connections"
+    );
+    drop(storm);
+    server.expect_fds_at_most(baseline + SLACK);
+}

@@ -13,6 +13,12 @@
 //!   or late handshake is one log line, and its socket is closed. A connection refused a slot
 //!   still gets its handshake, so that its notice arrives over TLS, then a close_notify.
 //!
+//! Turning a connection away takes a moment (its notice, then a drain, see
+//! [`session::close_with_notice`]; on TLS a handshake before that), so at most
+//! [`TURNING_AWAY_MAX`] connections per listener are turned away at once. Beyond that a storm
+//! of refused connections gets the short answer: the notice if the socket takes it at once
+//! (plaintext only) and a close.
+//!
 //! A WebSocket listener (issue 11) will be one more of these, upgrading HTTP instead of
 //! handshaking TLS; the room and the sessions stay as they are.
 
@@ -20,8 +26,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chat_protocol::message;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::room::{Admission, Refusal, Room};
@@ -30,6 +38,12 @@ use crate::session;
 /// How long an accept loop waits after an `accept` error (out of descriptors, say) before
 /// trying again, instead of spinning on an error that will repeat.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Most connections one listener turns away at once with the full courtesy (a TLS handshake,
+/// the notice, a drain). Each holds a descriptor for up to a second (plus its handshake on
+/// TLS), so without a bound a storm of refused connections could take every descriptor the
+/// process has; 256 is far more than a class ever sends at once.
+const TURNING_AWAY_MAX: usize = 256;
 
 /// A bound TLS listener and the certificate it presents.
 pub struct TlsListener {
@@ -71,6 +85,7 @@ async fn next_connection(listener: &TcpListener) -> (TcpStream, SocketAddr) {
 
 /// Accepts plaintext connections forever. Each joins the room here, in the order it came.
 pub async fn accept_plain(listener: &TcpListener, room: &Arc<Room>) {
+    let turning_away = Arc::new(Semaphore::new(TURNING_AWAY_MAX));
     loop {
         let (socket, addr) = next_connection(listener).await;
         match room.admit(addr.ip()) {
@@ -78,19 +93,43 @@ pub async fn accept_plain(listener: &TcpListener, room: &Arc<Room>) {
                 let joined = session::join(room, admission, addr);
                 tokio::spawn(session::serve(Arc::clone(room), joined, socket));
             }
-            Err(refusal) => {
-                tokio::spawn(turn_away(socket, addr, refusal));
-            }
+            Err(refusal) => match Arc::clone(&turning_away).try_acquire_owned() {
+                Ok(permit) => {
+                    tokio::spawn(async move {
+                        turn_away(socket, addr, refusal).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => turn_away_at_once(&socket, &refusal),
+            },
         }
     }
+}
+
+/// The short answer to a refused connection while [`TURNING_AWAY_MAX`] are already being
+/// turned away: the notice, if the fresh socket takes it at once, what the client already sent
+/// read (so that the close is less likely a reset), and the close.
+fn turn_away_at_once(socket: &TcpStream, refusal: &Refusal) {
+    let _ = socket.try_write(&message::wire(&refusal.notice()));
+    let _ = socket.try_read(&mut [0u8; 1024]);
 }
 
 /// Accepts TLS connections forever: each takes its slot here, then shakes hands in a task of
 /// its own, so one slow handshake never holds up the next accept.
 pub async fn accept_tls(tls: &TlsListener, room: &Arc<Room>) {
+    let turning_away = Arc::new(Semaphore::new(TURNING_AWAY_MAX));
     loop {
         let (socket, addr) = next_connection(&tls.listener).await;
         let admission = room.admit(addr.ip());
+        // A refused connection's handshake is part of turning it away: bounded like it.
+        let permit: Option<OwnedSemaphorePermit> = match &admission {
+            Ok(_) => None,
+            Err(_) => match Arc::clone(&turning_away).try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                // No notice is possible before a handshake: just close.
+                Err(_) => continue,
+            },
+        };
         let handshake = tls.acceptor.accept(socket);
         let timeout = tls.handshake_timeout;
         let room = Arc::clone(room);
@@ -107,6 +146,7 @@ pub async fn accept_tls(tls: &TlsListener, room: &Arc<Room>) {
                 }
             };
             welcome(room, admission, addr, stream).await;
+            drop(permit);
         });
     }
 }
