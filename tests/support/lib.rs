@@ -494,29 +494,15 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(DEADLINE)).unwrap();
-        stream.set_write_timeout(Some(DEADLINE)).unwrap();
-        Client {
-            stream,
-            pending: Vec::new(),
-        }
+        Client::over(TcpStream::connect(addr).expect("connect"))
     }
 
-    /// Connects from the local address `source` (any port): Linux answers for all of
-    /// 127.0.0.0/8, so tests can play several hosts.
+    /// Connects from the local address `source` (any port); see [`tcp_from`].
     pub fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> Client {
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::STREAM,
-            None,
-        )
-        .expect("socket");
-        socket
-            .bind(&SocketAddr::new(source, 0).into())
-            .expect("bind the source address");
-        socket.connect(&addr.into()).expect("connect");
-        let stream: TcpStream = socket.into();
+        Client::over(tcp_from(addr, source))
+    }
+
+    fn over(stream: TcpStream) -> Client {
         stream.set_read_timeout(Some(DEADLINE)).unwrap();
         stream.set_write_timeout(Some(DEADLINE)).unwrap();
         Client {
@@ -617,10 +603,7 @@ impl Client {
                 Err(e) => panic!("read failed: {e}"),
             }
         }
-        String::from_utf8_lossy(&rest)
-            .split_terminator("\r\n")
-            .map(str::to_owned)
-            .collect()
+        server_lines(&rest)
     }
 
     /// Reads until the server closes the connection with a FIN, and returns the lines that came
@@ -640,10 +623,7 @@ impl Client {
                 ),
             }
         }
-        String::from_utf8_lossy(&rest)
-            .split_terminator("\r\n")
-            .map(str::to_owned)
-            .collect()
+        server_lines(&rest)
     }
 
     /// Closes the connection with a TCP reset instead of a FIN: what a crashed client does.
@@ -651,6 +631,30 @@ impl Client {
         socket_linger_zero(&self.stream);
         drop(self);
     }
+}
+
+/// A TCP connection to `addr` from the local address `source` (any port): Linux answers for
+/// all of 127.0.0.0/8, so tests can play several hosts.
+pub fn tcp_from(addr: SocketAddr, source: std::net::IpAddr) -> TcpStream {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .expect("socket");
+    socket
+        .bind(&SocketAddr::new(source, 0).into())
+        .expect("bind the source address");
+    socket.connect(&addr.into()).expect("connect");
+    socket.into()
+}
+
+/// What a server sent, cut into its `\r\n`-ended lines (a last line without one included).
+pub fn server_lines(bytes: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(bytes)
+        .split_terminator("\r\n")
+        .map(str::to_owned)
+        .collect()
 }
 
 fn is_timeout(error: &std::io::Error) -> bool {

@@ -13,7 +13,7 @@ use chat_protocol::pin::PinnedCertificate;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
-use crate::{Running, DEADLINE};
+use crate::{server_lines, tcp_from, Running, DEADLINE};
 
 /// What a server's `tls on <ADDR> (certificate sha256:<HEX>)` line says.
 #[derive(Debug, Clone)]
@@ -55,15 +55,8 @@ impl TlsClient {
 
     /// Like [`TlsClient::connect`], from the local address `source` (`127.0.0.2`, say).
     pub fn connect_from(listener: &TlsListener, source: std::net::IpAddr) -> TlsClient {
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(listener.addr),
-            socket2::Type::STREAM,
-            None,
-        )
-        .unwrap();
-        socket.bind(&SocketAddr::new(source, 0).into()).unwrap();
-        socket.connect(&listener.addr.into()).unwrap();
-        Self::over(socket.into(), listener.addr, &listener.fingerprint).expect("TLS handshake")
+        let tcp = tcp_from(listener.addr, source);
+        Self::over(tcp, listener.addr, &listener.fingerprint).expect("TLS handshake")
     }
 
     /// Like [`TlsClient::connect`], returning the handshake's error instead of panicking.
@@ -148,10 +141,7 @@ impl TlsClient {
                 Err(e) => panic!("TLS read failed: {e}"),
             }
         }
-        String::from_utf8_lossy(&rest)
-            .split_terminator("\r\n")
-            .map(str::to_owned)
-            .collect()
+        server_lines(&rest)
     }
 }
 
