@@ -10,8 +10,9 @@ use anyhow::anyhow;
 use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 
-use crate::compare::{Kind, VERSIONS};
-use crate::report::Results;
+use crate::plans::Kind;
+use crate::results::Results;
+use crate::servers::VERSIONS;
 
 const SIZE: (u32, u32) = (900, 520);
 const FONT: &str = "sans-serif";

@@ -43,7 +43,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio_rustls::client::TlsStream;
 
-use crate::procfs::Process;
+use crate::process::Process;
 use crate::progress::Progress;
 use crate::tally::{new_latencies, LatencySummary, ReceiverTally, Totals, LATENCY_UNIT_NANOS};
 use crate::tls::Tls;
@@ -83,6 +83,22 @@ pub fn default_window(mode: Mode, clients: usize, senders: usize) -> u32 {
     };
     let per_sender = WINDOW_DELIVERIES_MAX / (deliveries_per_line * senders.max(1) as u64);
     per_sender.clamp(u64::from(WINDOW_LINES_MIN), u64::from(WINDOW_LINES_MAX)) as u32
+}
+
+/// Descriptors chat-bench needs beyond one per client: stdio, the runtime, the pacer's
+/// duplicates, the server's pipes.
+const SPARE_DESCRIPTORS: u64 = 64;
+
+/// Refuses a run that would run out of descriptors halfway through connecting.
+pub fn check_descriptors(clients: usize, limit: u64) -> anyhow::Result<()> {
+    let needed = clients as u64 + SPARE_DESCRIPTORS;
+    if needed > limit {
+        bail!(
+            "{clients} clients need about {needed} open files, but this process may open {limit}: \
+             raise the limit (ulimit -n) or use fewer clients"
+        );
+    }
+    Ok(())
 }
 
 /// Connects in flight at once: a storm, but not one that overflows the server's accept
@@ -734,7 +750,7 @@ pub async fn run(
         Some(process) => Some(process.status()?.rss_kb),
         None => None,
     };
-    let kernel_before_kb = crate::procfs::kernel_memory_kb().ok();
+    let kernel_before_kb = crate::process::kernel_memory_kb().ok();
     let maps_before = match target.process {
         Some(process) => Some(process.memory_maps()?),
         None => None,
@@ -836,7 +852,7 @@ pub async fn run(
         Some(process) => Some(process.status()?),
         None => None,
     };
-    let kernel_accepted_kb = crate::procfs::kernel_memory_kb().ok();
+    let kernel_accepted_kb = crate::process::kernel_memory_kb().ok();
     let maps_accepted = match target.process {
         Some(process) => Some(process.memory_maps()?),
         None => None,
@@ -889,7 +905,7 @@ pub async fn run(
         let mut last_move = Instant::now();
         progress.stage(format!(
             "sending, {} deliveries to go",
-            crate::report::count(expected)
+            crate::units::count(expected)
         ));
         while shared.complete.load(Ordering::Acquire) < complete_target {
             let _ = tokio::time::timeout(TICK, shared.wake.notified()).await;

@@ -27,7 +27,7 @@
 //!   sent to the last expected line received.
 //! - **Latency**: every line carries a token with its send time (see [`token`]); receivers
 //!   record now minus that time in HDR histograms, one per client, merged at the end.
-//! - **The server's cost**, read from `/proc/PID` (see [`procfs`]): CPU seconds while the clock
+//! - **The server's cost**, read from `/proc/PID` (see [`process`]): CPU seconds while the clock
 //!   ran (and so CPU per delivery), peak RSS, threads, resident memory per connected client.
 //! - **Connection storm**: the time from the first `connect` until every client is proven in.
 //!
@@ -69,16 +69,34 @@
 //! latency includes how late the pacer's thread woke up, which on a small virtual machine can
 //! reach a millisecond: the pacer's lateness is reported next to every paced result.
 
+// The modules, from the bottom up: each one uses only modules above it in this list, so it can
+// be read knowing only those.
+//
+//   units, token, tls, process, progress   numbers in words, the token, TLS, /proc, the display
+//   tally                                  one receiver's ledger and latencies
+//   load                                   a workload against a server: connect, send, count
+//   report                                 one run in words (`run`'s summary, its warning)
+//   servers                                the four servers: start, find, stop
+//   plans                                  compare's workloads and their sizes
+//   results                                a comparison's records, medians, machine, folder
+//   charts                                 SVG charts of results (and of a soak)
+//   markdown                               results.md and the tables
+//   compare, soak                          the two commands that start servers themselves
 mod charts;
 mod compare;
 mod load;
-mod procfs;
+mod markdown;
+mod plans;
+mod process;
 mod progress;
 mod report;
+mod results;
+mod servers;
 mod soak;
 mod tally;
 mod tls;
 mod token;
+mod units;
 
 use std::net::SocketAddr;
 
@@ -87,12 +105,8 @@ use chat_protocol::cli::addr_arg;
 use clap::{Parser, Subcommand};
 
 use crate::load::{Mode, Target, Workload};
-use crate::procfs::Process;
+use crate::process::Process;
 use crate::progress::Progress;
-
-/// Descriptors chat-bench needs beyond one per client: stdio, the runtime, the pacer's
-/// duplicates, the server's pipes.
-const SPARE_DESCRIPTORS: u64 = 64;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -213,7 +227,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<i32> {
 
 /// `chat-bench run`: exit status 0 if every line arrived once and in order, 2 if not.
 async fn run(args: RunArgs, descriptors: u64) -> anyhow::Result<i32> {
-    check_descriptors(args.clients, descriptors)?;
+    load::check_descriptors(args.clients, descriptors)?;
     let workload = Workload {
         mode: args.mode,
         clients: args.clients,
@@ -260,15 +274,3 @@ async fn run(args: RunArgs, descriptors: u64) -> anyhow::Result<i32> {
 
 /// The descriptor limit assumed when it cannot be read: Linux's usual soft limit.
 const FD_LIMIT_UNKNOWN: u64 = 1024;
-
-/// Refuses a run that would run out of descriptors halfway through connecting.
-fn check_descriptors(clients: usize, limit: u64) -> anyhow::Result<()> {
-    let needed = clients as u64 + SPARE_DESCRIPTORS;
-    if needed > limit {
-        bail!(
-            "{clients} clients need about {needed} open files, but this process may open {limit}: \
-             raise the limit (ulimit -n) or use fewer clients"
-        );
-    }
-    Ok(())
-}

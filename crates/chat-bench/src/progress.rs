@@ -83,8 +83,8 @@ impl Progress {
             bar.set_message(format!(
                 "{}: {} of {} deliveries ({percent:.0}%)",
                 self.run_name(),
-                crate::report::count(delivered),
-                crate::report::count(expected),
+                crate::units::count(delivered),
+                crate::units::count(expected),
             ));
         }
     }

@@ -82,11 +82,11 @@ use chat_protocol::cli::addr_arg;
 use chat_protocol::framing::MAX_LINE_DEFAULT;
 use tokio::sync::watch;
 
-use crate::compare::{self, Server, Version, VERSIONS};
 use crate::load::Mode;
-use crate::procfs::Process;
+use crate::process::Process;
 use crate::progress::Progress;
-use crate::report::{count, kilobytes};
+use crate::servers::{self, Server, Version, VERSIONS};
+use crate::units::{count, kilobytes};
 
 use self::clients::Shared;
 use self::verdict::{Outcome, Watched};
@@ -319,7 +319,7 @@ impl Plan {
 pub async fn soak(args: Args, descriptors: u64) -> anyhow::Result<i32> {
     let version = args.server.as_deref().and_then(Version::named);
     let plan = Plan::new(&args, version.as_ref())?;
-    crate::check_descriptors(plan.clients(), descriptors)?;
+    crate::load::check_descriptors(plan.clients(), descriptors)?;
     let mut started = match &version {
         Some(version) => Some(start(version, &plan, &args.server_args)?),
         None => None,
@@ -374,7 +374,7 @@ pub async fn soak(args: Args, descriptors: u64) -> anyhow::Result<i32> {
 /// Starts `version`'s release build for `plan`, with `--max-line`, room for every client,
 /// unthrottled, and `extra` arguments; returns it with its command line, for the summary.
 fn start(version: &Version, plan: &Plan, extra: &[String]) -> anyhow::Result<(Server, String)> {
-    let binary = compare::find_server(version, "soak")?;
+    let binary = servers::find_server(version, "soak")?;
     let max_clients = plan.clients() * 2 + MAX_CLIENTS_SPARE;
     let max_line = plan.max_line.to_string();
     let mut args = vec!["--max-line", max_line.as_str()];

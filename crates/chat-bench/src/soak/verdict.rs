@@ -12,8 +12,9 @@ use chat_protocol::message;
 use super::clients::{escaped, Ended, Shared, CHURN_EOF_TIMEOUT};
 use super::{duration_text, plural, Plan, Sample, CATCH_UP_STALL, CATCH_UP_TIMEOUT};
 use crate::load::Mode;
-use crate::report::{self, count, kilobytes, micros};
+use crate::results;
 use crate::tally::{new_latencies, LatencySummary};
+use crate::units::{count, kilobytes, micros};
 
 /// The first tenth of a soak is warm-up: allocators, queues and socket buffers grow to their
 /// working size then, and that is not a leak.
@@ -641,7 +642,7 @@ fn markdown(
     chart: Option<&str>,
 ) -> String {
     let passed = passed(checks);
-    let m = report::Machine::this_one();
+    let m = results::Machine::this_one();
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -653,7 +654,7 @@ fn markdown(
     let _ = writeln!(
         out,
         "{}, on {} CPUs ({}), {} MB RAM, Linux {}.\n",
-        report::utc_text(std::time::SystemTime::now()),
+        results::utc_text(std::time::SystemTime::now()),
         m.cpus,
         m.cpu_model,
         m.memory_mb,
