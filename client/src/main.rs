@@ -1,4 +1,5 @@
-//! The line-based client: one program that talks to all four servers.
+//! The client: one program that talks to every server, a chat UI in a terminal and plain
+//! lines in a pipe.
 //!
 //! Start a server, then the client in as many terminals as you like, and type:
 //!
@@ -13,32 +14,28 @@
 //! The address is `HOST:PORT`, `[IPv6]:PORT`, `:PORT` or a bare `PORT` (default
 //! `127.0.0.1:8080`, v4); `--nick NAME` sends `/nick NAME` before anything you type.
 //!
-//! # Two sources, one program
+//! # Two modes
 //!
-//! A chat client waits on two sources at once: the keyboard (stdin) and the server (the socket).
-//! Both reads block, and a single thread blocked on one cannot notice the other. So stdin has
-//! its own thread, which hands each line to the connection over a channel, and the connection
-//! runs in a small tokio runtime that waits on both the socket and that channel:
+//! When standard input and output are both terminals, the client opens a terminal UI
+//! ([`ui`], SPEC 10): the conversation scrolls above, the line you type sits at the bottom,
+//! and a line that arrives while you type never lands in the middle of it. Otherwise (a pipe,
+//! a test, a script), or with `--plain`, it is in line mode ([`line`], SPEC 6): each server
+//! line is printed as it arrives, each stdin line is sent. Connecting, TLS and `--nick` are the
+//! same code for both, here.
 //!
-//! ```text
-//!   stdin --> input thread: read a line --channel--+
-//!                                                  v
-//!  stdout <-- connection: print each server line <-- socket (TCP, or TLS over TCP) <--> server
-//!                         send each typed line    -->
-//! ```
+//! # Many sources, one owner each
 //!
-//! (tokio's own stdin would also do, but it reads on a thread the runtime must wait for at
-//! exit: a client whose server closed would hang until someone pressed Enter.) The socket side
-//! is async so that TCP and TLS are one code path: both are a byte stream to read and write.
+//! A chat client waits on several sources at once: the keyboard, the server, and (in the UI)
+//! signals and the clock that paces redraws. Each source gets its own thread or task that only
+//! reads and hands what it read over a channel; exactly one place acts on it:
 //!
-//! # End of input, end of connection
+//! - line mode: a thread reads stdin lines; the connection task prints server lines;
+//! - UI: a thread reads terminal events (keys, paste, mouse, resize), a task reads and frames
+//!   server lines, a task writes typed lines, and one loop owns the state and the screen.
 //!
-//! At end of stdin (Ctrl-D, or the end of a pipe) the client half-closes the connection (TLS
-//! first sends its `close_notify`): the server reads end of file, delivers our last line,
-//! sends what it still has for us and closes. The client prints all of it and exits 0 when the
-//! server closes. If the server closes first (`* server full`, a stopped server) the client
-//! exits at once, while the input thread is still blocked on stdin: nobody has to press Enter
-//! to leave. A reset connection exits 1 with one sentence.
+//! Blocking reads (stdin, the terminal) get threads, because a thread blocked on one source
+//! cannot notice the other; the socket is async so that TCP and TLS are one code path, both a
+//! byte stream to read and write.
 //!
 //! # TLS
 //!
@@ -50,23 +47,25 @@
 //! # Trusting the server
 //!
 //! sock-chat servers already strip control characters, but this client may be pointed at
-//! someone else's server: every received line is sanitised again before it reaches the
-//! terminal, and a line is capped in memory ([`MAX_SERVER_LINE`]).
+//! someone else's server: every received line is sanitised again before it is printed or
+//! drawn, and a line is capped in memory ([`MAX_SERVER_LINE`]). Nothing a server sends can
+//! move the cursor or change the terminal.
 
+mod line;
 mod tls;
+mod ui;
 
-use std::io::{self, BufRead, Write};
+use std::io::{self, IsTerminal};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context};
 use chat_protocol::cli::V4_ADDR_DEFAULT;
 use chat_protocol::startup::exit_with;
-use chat_protocol::{fingerprint, parse_addr, sanitize, Frame, LineFramer};
+use chat_protocol::{fingerprint, parse_addr};
 use clap::Parser;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
 use crate::tls::Trust;
 
@@ -82,10 +81,7 @@ const MAX_SERVER_LINE: usize = 1024 * 1024;
 /// are queued, so a huge paste is read from stdin no faster than the server takes it.
 const TYPED_LINES_QUEUED: usize = 64;
 
-/// Servers end lines with `\r\n` (for telnet); the terminal gets the platform's own newline.
-const NEWLINE: &str = if cfg!(windows) { "\r\n" } else { "\n" };
-
-/// Talk to a sock-chat server: print what it sends, send what you type.
+/// Talk to a sock-chat server: a chat UI in a terminal, lines in a pipe.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
@@ -96,6 +92,10 @@ struct Cli {
     /// Send "/nick NAME" first, before any typed line (v4 nicknames).
     #[arg(long, value_name = "NAME", value_parser = one_line)]
     nick: Option<String>,
+
+    /// Line mode even in a terminal: print each server line, send each line typed.
+    #[arg(long)]
+    plain: bool,
 
     /// Speak TLS, trusting the system's root certificates (unless --ca or --fingerprint).
     #[arg(long)]
@@ -128,6 +128,11 @@ impl Cli {
             (None, None) => Trust::SystemRoots,
         })
     }
+
+    /// The UI needs a keyboard to read and a screen to draw on; anything else is line mode.
+    fn wants_ui(&self) -> bool {
+        !self.plain && io::stdin().is_terminal() && io::stdout().is_terminal()
+    }
 }
 
 /// A `--nick` holding a newline would send a second line; the server checks the rest.
@@ -159,17 +164,17 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
     let addr = parse_addr(&cli.addr)?;
     let mut server = connect(cli, addr).await?;
     if let Some(nick) = &cli.nick {
-        // Sent before the input thread exists, so it is the first line whatever is typed.
+        // Sent before anything reads the keyboard, so it is the first line whatever is typed.
         server
             .write_all(format!("/nick {nick}\n").as_bytes())
             .await
             .with_context(|| format!("cannot send /nick to {addr}"))?;
     }
-    let (typed_tx, typed_rx) = mpsc::channel(TYPED_LINES_QUEUED);
-    // Never joined: when the server closes, `main` returns and the process ends, even while this
-    // thread is still blocked on stdin.
-    std::thread::spawn(move || read_typed_lines(io::stdin().lock(), typed_tx));
-    converse(server, typed_rx, addr).await
+    if cli.wants_ui() {
+        ui::run(server, addr, cli.tls).await
+    } else {
+        line::run(server, addr).await
+    }
 }
 
 /// Connects over TCP, then, with `--tls`, makes the TLS handshake; every failure is one
@@ -197,104 +202,5 @@ async fn connect(cli: &Cli, addr: SocketAddr) -> anyhow::Result<Box<dyn Connecti
             Some(why) => anyhow!("the certificate of {addr} was rejected: {why}"),
             None => anyhow!("TLS handshake with {addr} failed: {error}"),
         }),
-    }
-}
-
-/// The input thread: every stdin line goes to the connection; end of input closes the channel.
-fn read_typed_lines(input: impl BufRead, typed: mpsc::Sender<Vec<u8>>) {
-    for line in input.split(b'\n') {
-        let mut line = match line {
-            Ok(line) => line,
-            Err(error) => {
-                eprintln!("warning: cannot read stdin ({error}); sending nothing more");
-                break;
-            }
-        };
-        line.push(b'\n');
-        if typed.blocking_send(line).is_err() {
-            // The connection is over; it says why.
-            return;
-        }
-    }
-}
-
-/// Prints each server line as it arrives while a task sends each typed line, until the server
-/// closes. Reading never waits for writing: a server that reads us only as fast as we read it
-/// (v2 stops reading a client whose echoes wait) would otherwise wait for us forever.
-async fn converse(
-    server: Box<dyn Connection>,
-    typed: mpsc::Receiver<Vec<u8>>,
-    addr: SocketAddr,
-) -> anyhow::Result<()> {
-    let (mut from_server, to_server) = tokio::io::split(server);
-    tokio::spawn(send_typed_lines(typed, to_server));
-    let mut terminal = Terminal {
-        out: io::stdout().lock(),
-        failed: None,
-    };
-    let mut framer = LineFramer::new(MAX_SERVER_LINE);
-    let mut chunk = vec![0u8; READ_CHUNK];
-    loop {
-        let received = match from_server.read(&mut chunk).await {
-            Ok(0) => break,
-            Ok(received) => received,
-            // A TLS server that closes without its close_notify: the chat is over all the
-            // same, and nothing it sent is lost.
-            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => break,
-            Err(error) => return Err(anyhow!("lost the connection to {addr}: {error}")),
-        };
-        framer.push(&chunk[..received], |frame| terminal.show(frame));
-        terminal.check()?;
-    }
-    // A last line without its `\r\n` is still a line.
-    framer.finish(|frame| terminal.show(frame));
-    terminal.check()
-}
-
-/// Sends each typed line; at end of input, half-closes (TLS: `close_notify` first) so the
-/// server reads end of file and closes when it is done with us.
-async fn send_typed_lines(
-    mut typed: mpsc::Receiver<Vec<u8>>,
-    mut to_server: impl AsyncWrite + Unpin,
-) {
-    while let Some(line) = typed.recv().await {
-        if to_server.write_all(&line).await.is_err() {
-            // The server is gone: the reader says why.
-            return;
-        }
-    }
-    let _ = to_server.shutdown().await;
-}
-
-/// Standard output, remembering the first write error (the framer's callback cannot return it).
-struct Terminal<W: Write> {
-    out: W,
-    failed: Option<io::Error>,
-}
-
-impl<W: Write> Terminal<W> {
-    fn show(&mut self, frame: Frame<'_>) {
-        if self.failed.is_some() {
-            return;
-        }
-        match frame {
-            Frame::Line(line) => {
-                // A line with nothing printable left is not shown at all.
-                let Some(text) = sanitize(line) else { return };
-                // Flushed per line so that lines appear as they arrive, also in a pipe.
-                let written = write!(self.out, "{text}{NEWLINE}").and_then(|()| self.out.flush());
-                self.failed = written.err();
-            }
-            Frame::TooLong => {
-                eprintln!("warning: skipped a server line longer than {MAX_SERVER_LINE} bytes")
-            }
-        }
-    }
-
-    fn check(&mut self) -> anyhow::Result<()> {
-        match self.failed.take() {
-            Some(error) => Err(anyhow!("cannot write to stdout: {error}")),
-            None => Ok(()),
-        }
     }
 }
