@@ -236,7 +236,9 @@ mod tests {
                 "> typing",
             ]
         );
-        terminal.backend_mut().assert_cursor_position(Position::new(8, 5));
+        terminal
+            .backend_mut()
+            .assert_cursor_position(Position::new(8, 5));
     }
 
     #[test]
@@ -246,7 +248,13 @@ mod tests {
         let terminal = render(&mut state, 14, 5);
         assert_eq!(
             rows(terminal.backend().buffer()),
-            ["bob says: a", "long line", "that wraps", " x · TLS · con", ">"]
+            [
+                "bob says: a",
+                "long line",
+                "that wraps",
+                " x · TLS · con",
+                ">"
+            ]
         );
     }
 
@@ -259,7 +267,9 @@ mod tests {
         let mut terminal = render(&mut state, 30, 3);
         assert_eq!(rows(terminal.backend().buffer())[2], "> 漢字👍 ok");
         // "> " + 漢 (2) + 字 (2) + 👍 (2) + " " (1)
-        terminal.backend_mut().assert_cursor_position(Position::new(9, 2));
+        terminal
+            .backend_mut()
+            .assert_cursor_position(Position::new(9, 2));
     }
 
     #[test]
@@ -268,7 +278,9 @@ mod tests {
         state.input.insert("abcdefghijklmnop");
         let mut terminal = render(&mut state, 10, 3);
         assert_eq!(rows(terminal.backend().buffer())[2], "> jklmnop");
-        terminal.backend_mut().assert_cursor_position(Position::new(9, 2));
+        terminal
+            .backend_mut()
+            .assert_cursor_position(Position::new(9, 2));
     }
 
     #[test]

@@ -121,8 +121,8 @@ pub async fn run(server: Box<dyn Connection>, addr: SocketAddr, tls: bool) -> an
     let mut signals = Signals::new().context("cannot listen for signals")?;
 
     let modes = TerminalModes::enter().context("cannot set up the terminal")?;
-    let mut screen = Terminal::new(CrosstermBackend::new(io::stdout()))
-        .context("cannot set up the terminal")?;
+    let mut screen =
+        Terminal::new(CrosstermBackend::new(io::stdout())).context("cannot set up the terminal")?;
     let (events_tx, mut events) = mpsc::channel(TERMINAL_EVENTS_QUEUED);
     // Never joined: it is blocked reading the terminal when we leave, and ends with the process.
     std::thread::spawn(move || read_terminal_events(events_tx));
@@ -201,7 +201,10 @@ pub async fn run(server: Box<dyn Connection>, addr: SocketAddr, tls: bool) -> an
         Ending::Left => Ok(()),
         Ending::Closed => {
             let entries = state.scrollback.entries();
-            for entry in entries.iter().skip(entries.len().saturating_sub(LINES_KEPT_ON_CLOSE)) {
+            for entry in entries
+                .iter()
+                .skip(entries.len().saturating_sub(LINES_KEPT_ON_CLOSE))
+            {
                 println!("{}", entry.text);
             }
             println!("* (client) {addr} closed the connection");
@@ -319,9 +322,7 @@ async fn read_server_lines(
             Ok(received) => received,
             // A TLS server that closes without its close_notify: the chat is over all the
             // same, and nothing it sent is lost.
-            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
-                break FromServer::Closed
-            }
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => break FromServer::Closed,
             Err(error) => break FromServer::Lost(error),
         };
         framer.push(&chunk[..received], |frame| framed.push(report(frame)));

@@ -331,10 +331,7 @@ impl Input {
 
 /// Display width of input text, a newline counting as the one column of [`NEWLINE_SHOWN`].
 fn shown_width(text: &str) -> usize {
-    text.split('\n')
-        .map(UnicodeWidthStr::width)
-        .sum::<usize>()
-        + text.matches('\n').count()
+    text.split('\n').map(UnicodeWidthStr::width).sum::<usize>() + text.matches('\n').count()
 }
 
 /// Lines sent before, for Up and Down, with the line being typed kept aside while browsing.
@@ -578,7 +575,10 @@ mod tests {
         assert_eq!((chat.kind, chat.name_len), (Kind::Chat, 5));
         let private = Entry::received("bob (private): lunch?");
         assert_eq!((private.kind, private.name_len), (Kind::Private, 3));
-        assert_eq!(Entry::received("* bob joined (2 online)").kind, Kind::Notice);
+        assert_eq!(
+            Entry::received("* bob joined (2 online)").kind,
+            Kind::Notice
+        );
         assert_eq!(Entry::received("* error: slow down").kind, Kind::Error);
         let echo = Entry::received("127.0.0.1:5000 says: hi");
         assert_eq!((echo.kind, echo.name_len), (Kind::Chat, 14));
@@ -699,7 +699,11 @@ mod tests {
         input.end();
         input.left();
         input.left();
-        assert_eq!(input.view_start(4), 5, "moves only as far as the cursor needs");
+        assert_eq!(
+            input.view_start(4),
+            5,
+            "moves only as far as the cursor needs"
+        );
         input.take();
         assert_eq!(input.view_start(4), 0);
     }
