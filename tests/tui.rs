@@ -272,3 +272,96 @@ fn wide_characters_keep_the_cursor_after_the_text() {
         "alice says: 漢字 👍"
     );
 }
+
+#[test]
+fn the_terminal_is_restored_when_the_server_is_killed() {
+    let (server, _bob, mut alice) = alice_and_bob();
+    let status = Command::new("kill")
+        .args(["-KILL", &server.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    alice.wait_exit();
+    alice.expect_terminal_restored();
+}
+
+#[test]
+fn sighup_leaves_and_restores_the_terminal() {
+    let (_server, _bob, mut alice) = alice_and_bob();
+    alice.signal("HUP");
+    assert!(alice.wait_exit().success());
+    alice.expect_terminal_restored();
+}
+
+#[test]
+fn a_flood_of_lines_never_keeps_the_keyboard_waiting() {
+    const FLOOD: usize = 3000;
+    let server = Server::V4Async.start_unthrottled(&[]);
+    let mut bob = server.connect();
+    bob.read_until(|line| line.starts_with("* welcome "));
+    bob.send_line("/nick bob");
+    bob.read_until(|line| line.ends_with(" is now bob"));
+    let mut alice = TerminalClient::spawn(&[&server.addr.to_string()]);
+    alice.wait_for("the welcome", |screen| {
+        rows(screen).iter().any(|row| row.starts_with("* welcome "))
+    });
+    bob.read_until(|line| line.contains(" joined "));
+
+    let flood: String = (0..FLOOD).map(|n| format!("line {n}\n")).collect();
+    bob.send(flood.as_bytes());
+    alice.press("typed during the flood");
+    let last = format!("bob says: line {}", FLOOD - 1);
+    alice.wait_for("the end of the flood and the whole typed text", |screen| {
+        let shown = rows(screen);
+        shown.iter().any(|row| *row == last) && input_row(screen) == "> typed during the flood"
+    });
+}
+
+#[test]
+fn nothing_a_server_sends_can_move_the_cursor_or_change_the_terminal() {
+    // A server that is not sock-chat's: it sends escapes, a bell and a bidi override.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().unwrap().to_string();
+    let mut alice = TerminalClient::spawn(&[&addr]);
+    let (mut server, _) = listener.accept().expect("the client connects");
+    server
+        .write_all(
+            b"\x1b[2J\x1b[1;1Hevil\x07 \x1b[?1049l\x1b]0;title\x07\xe2\x80\xae says: gotcha\r\n",
+        )
+        .expect("send");
+    let harmless = "[2J[1;1Hevil [?1049l]0;title says: gotcha";
+    alice.wait_for(
+        "the escapes as harmless text, the cursor in the input",
+        |screen| {
+            rows(screen).iter().any(|row| row == harmless)
+                && screen.cursor_position() == (ROWS - 1, 2)
+        },
+    );
+    assert!(
+        alice.screen.screen().alternate_screen(),
+        "still on the UI's screen"
+    );
+}
+
+#[test]
+fn a_resize_redraws_the_screen_at_the_new_size() {
+    let (_server, _bob, mut alice) = alice_and_bob();
+    let (rows_now, columns_now) = (ROWS + 6, COLUMNS / 2);
+    alice
+        .master
+        .resize(PtySize {
+            rows: rows_now,
+            cols: columns_now,
+            pixel_width: 0,
+            pixel_height: 0,
+        })
+        .expect("resize");
+    alice.screen.screen_mut().set_size(rows_now, columns_now);
+    alice.wait_for("the status line above the new bottom row", |screen| {
+        let shown: Vec<String> = screen
+            .rows(0, columns_now)
+            .map(|row| row.trim_end().to_owned())
+            .collect();
+        shown[usize::from(rows_now) - 2].contains("connected")
+    });
+}
