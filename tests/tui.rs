@@ -312,8 +312,7 @@ fn a_flood_of_lines_never_keeps_the_keyboard_waiting() {
     alice.press("typed during the flood");
     let last = format!("bob says: line {}", FLOOD - 1);
     alice.wait_for("the end of the flood and the whole typed text", |screen| {
-        let shown = rows(screen);
-        shown.iter().any(|row| *row == last) && input_row(screen) == "> typed during the flood"
+        rows(screen).contains(&last) && input_row(screen) == "> typed during the flood"
     });
 }
 
@@ -364,4 +363,49 @@ fn a_resize_redraws_the_screen_at_the_new_size() {
             .collect();
         shown[usize::from(rows_now) - 2].contains("connected")
     });
+}
+
+#[test]
+fn tls_and_nick_work_in_the_terminal_ui() {
+    let server = Server::V4Async.start(&["--tls-addr", "127.0.0.1:0", "--tls-self-signed"]);
+    let tls = server.tls_listener();
+    let mut bob = server.connect();
+    bob.read_until(|line| line.starts_with("* welcome "));
+    let tls_addr = tls.addr.to_string();
+    let mut alice = TerminalClient::spawn(&[
+        "--tls",
+        &tls_addr,
+        "--fingerprint",
+        &tls.fingerprint,
+        "--nick",
+        "alice",
+    ]);
+    alice.wait_for("TLS and alice's name in the status line", |screen| {
+        let status = &rows(screen)[usize::from(ROWS) - 2];
+        status.contains(&format!("{tls_addr} · TLS · connected"))
+            && status.contains("you are alice")
+    });
+    bob.read_until(|line| line.ends_with(" is now alice"));
+    alice.press("over TLS\r");
+    assert_eq!(
+        bob.read_until(|line| line.contains(" says: ")),
+        "alice says: over TLS"
+    );
+}
+
+#[test]
+fn plain_keeps_line_mode_in_a_terminal() {
+    let server = Server::V4Async.start(&[]);
+    let mut bob = server.connect();
+    bob.read_until(|line| line.starts_with("* welcome "));
+    let mut alice = TerminalClient::spawn(&["--plain", &server.addr.to_string()]);
+    alice.wait_for("the welcome printed", |screen| {
+        rows(screen)[0].starts_with("* welcome ")
+    });
+    assert!(!alice.screen.screen().alternate_screen());
+    bob.read_until(|line| line.contains(" joined "));
+    alice.press("a plain line\r");
+    assert!(bob
+        .read_until(|line| line.contains(" says: "))
+        .ends_with(" says: a plain line"));
 }

@@ -207,7 +207,7 @@ pub async fn run(server: Box<dyn Connection>, addr: SocketAddr, tls: bool) -> an
             {
                 println!("{}", entry.text);
             }
-            println!("* (client) {addr} closed the connection");
+            println!("the server at {addr} closed the connection");
             Ok(())
         }
         Ending::Lost(error) => Err(anyhow!("lost the connection to {addr}: {error}")),

@@ -632,8 +632,8 @@ mod tests {
         let rows: Vec<&str> = wrap(text, 4).into_iter().map(|r| &text[r]).collect();
         assert_eq!(rows, ["漢字", "漢字", "漢"]);
         // A two-column grapheme on a one-column screen still shows, alone.
-        assert_eq!(wrap("漢", 1), [0..3]);
-        assert_eq!(wrap("", 10), [0..0]);
+        assert_eq!(wrap("漢", 1), vec![0..3]);
+        assert_eq!(wrap("", 10), vec![0..0]);
     }
 
     #[test]
