@@ -19,7 +19,7 @@
 //! When standard input and output are both terminals, the client opens a terminal UI
 //! ([`ui`], SPEC 10): the conversation scrolls above, the line you type sits at the bottom,
 //! and a line that arrives while you type never lands in the middle of it. Otherwise (a pipe,
-//! a test, a script), or with `--plain`, it is in line mode ([`line`], SPEC 6): each server
+//! a test, a script), or with `--plain`, it is in line mode ([`line`](mod@line), SPEC 6): each server
 //! line is printed as it arrives, each stdin line is sent. Connecting, TLS and `--nick` are the
 //! same code for both, here.
 //!
