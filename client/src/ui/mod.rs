@@ -123,6 +123,9 @@ pub async fn run(server: Box<dyn Connection>, addr: SocketAddr, tls: bool) -> an
     let modes = TerminalModes::enter().context("cannot set up the terminal")?;
     let mut screen =
         Terminal::new(CrosstermBackend::new(io::stdout())).context("cannot set up the terminal")?;
+    // Starts crossterm's event reader here, before the first frame: it is what catches
+    // SIGWINCH, and a resize before it exists would be lost (the signal is ignored by default).
+    event::poll(Duration::ZERO).context("cannot read the terminal")?;
     let (events_tx, mut events) = mpsc::channel(TERMINAL_EVENTS_QUEUED);
     // Never joined: it is blocked reading the terminal when we leave, and ends with the process.
     std::thread::spawn(move || read_terminal_events(events_tx));
