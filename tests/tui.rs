@@ -409,3 +409,30 @@ fn plain_keeps_line_mode_in_a_terminal() {
         .read_until(|line| line.contains(" says: "))
         .ends_with(" says: a plain line"));
 }
+
+#[test]
+fn the_screen_keeps_up_with_a_server_that_never_stops_sending() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().unwrap().to_string();
+    let mut alice = TerminalClient::spawn(&[&addr]);
+    let (mut server, _) = listener.accept().expect("the client connects");
+    // Sends until the client is gone.
+    std::thread::spawn(move || {
+        for n in 0.. {
+            if server
+                .write_all(format!("flood {n}\r\n").as_bytes())
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    alice.press("typed");
+    alice.wait_for(
+        "the flood and the typed text, while the flood goes on",
+        |screen| {
+            rows(screen).iter().any(|row| row.starts_with("flood "))
+                && input_row(screen) == "> typed"
+        },
+    );
+}

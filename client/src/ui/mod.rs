@@ -135,7 +135,8 @@ pub async fn run(server: Box<dyn Connection>, addr: SocketAddr, tls: bool) -> an
     let mut next_frame = Instant::now();
     let ending = loop {
         tokio::select! {
-            // Keys first: whatever the server sends, typing is never kept waiting.
+            // In this order: leaving, keys, the frame, server lines. Whatever the server sends,
+            // typing is never kept waiting and the screen keeps up.
             biased;
             _ = signals.recv() => break Ending::Left,
             event = events.recv() => match event {
@@ -157,38 +158,20 @@ pub async fn run(server: Box<dyn Connection>, addr: SocketAddr, tls: bool) -> an
                 // The terminal is gone (closed window: SIGHUP usually comes first).
                 Some(Err(_)) | None => break Ending::Left,
             },
-            first = lines.recv() => {
-                dirty = true;
-                let mut next = first;
-                let mut taken = 0;
-                let ended = loop {
-                    match next {
-                        Some(FromServer::Line(line)) => state.received(&line),
-                        Some(FromServer::TooLong) => state.received(&format!(
-                            "* error: (client) skipped a server line longer than {MAX_SERVER_LINE} bytes"
-                        )),
-                        Some(FromServer::Closed) | None => break Some(Ending::Closed),
-                        Some(FromServer::Lost(error)) => break Some(Ending::Lost(error)),
-                    }
-                    taken += 1;
-                    if taken == LINES_PER_TURN {
-                        break None;
-                    }
-                    match lines.try_recv() {
-                        Ok(more) => next = Some(more),
-                        Err(_) => break None,
-                    }
-                };
-                if let Some(ending) = ended {
-                    break ending;
-                }
-            },
+            // Before the server's lines: a flood that is always ready must not keep the screen
+            // from being redrawn.
             _ = tokio::time::sleep_until(next_frame), if dirty => {
                 screen
                     .draw(|frame| draw::draw(frame, &mut state))
                     .context("cannot draw on the terminal")?;
                 dirty = false;
                 next_frame = Instant::now() + FRAME;
+            },
+            first = lines.recv() => {
+                dirty = true;
+                if let Some(ending) = take_lines(&mut state, first, &mut lines) {
+                    break ending;
+                }
             },
         }
     };
@@ -215,6 +198,28 @@ pub async fn run(server: Box<dyn Connection>, addr: SocketAddr, tls: bool) -> an
         }
         Ending::Lost(error) => Err(anyhow!("lost the connection to {addr}: {error}")),
     }
+}
+
+/// Shows `first` and what else the reader has ready, at most [`LINES_PER_TURN`]; the end of
+/// the connection if the reader reports it.
+fn take_lines(
+    state: &mut State,
+    first: Option<FromServer>,
+    lines: &mut mpsc::Receiver<FromServer>,
+) -> Option<Ending> {
+    let mut next = first;
+    for _ in 0..LINES_PER_TURN {
+        match next {
+            Some(FromServer::Line(line)) => state.received(&line),
+            Some(FromServer::TooLong) => state.received(&format!(
+                "* error: (client) skipped a server line longer than {MAX_SERVER_LINE} bytes"
+            )),
+            Some(FromServer::Closed) | None => return Some(Ending::Closed),
+            Some(FromServer::Lost(error)) => return Some(Ending::Lost(error)),
+        }
+        next = Some(lines.try_recv().ok()?);
+    }
+    None
 }
 
 /// Queues each submitted line for the writer; true when the user asked to leave (`/quit`) or
