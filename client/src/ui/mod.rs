@@ -26,8 +26,9 @@
 //!
 //! The loop marks the screen dirty on every change and draws at most once every [`FRAME`]. A
 //! burst of thousands of server lines is a burst of cheap state updates (taken
-//! [`LINES_PER_TURN`] at a time, with the keyboard looked at between batches) and one redraw
-//! per frame, so typing stays responsive whatever the room does.
+//! [`LINES_PER_TURN`] at a time) and one redraw per frame. Between batches the loop looks at
+//! the keyboard first, then at the frame that is due, then at the server: typing is never kept
+//! waiting and the screen keeps up, whatever the room does.
 //!
 //! # Leaving
 //!
