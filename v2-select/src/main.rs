@@ -37,7 +37,7 @@
 //! "filedescriptor out of range"). A `select` server therefore dies at about a thousand
 //! clients whatever `ulimit -n` says. `poll(2)` takes an array of `(fd, events)` of any length.
 //! Both cost the same per call: the kernel looks at every descriptor on every turn. That
-//! linear cost is what `epoll`, and tokio in v4, remove.
+//! linear cost is what `epoll` removes (`--poller epoll`, below), and what tokio in v4 builds on.
 //!
 //! ## Backpressure: the same as v1, without a thread per client
 //!
@@ -83,14 +83,63 @@
 //! is read and dropped until the client closes, or [`CLOSE_DRAIN`] passes. Nothing waits for
 //! it, and at most [`MAX_CLOSING`] are drained at once.
 //!
+//! ## poll or epoll (`--poller`)
+//!
+//! `v2-select --poller epoll` runs the same loop and waits with `epoll(7)` instead (SPEC 12).
+//! What differs is where the list of "what I want from each socket" lives:
+//!
+//! ```text
+//!   poll   every turn    [listener:IN, c0:IN, c1:IN|OUT, ... c9999:IN] --> the kernel checks
+//!                        <-- the same array, what happened filled in       every entry
+//!
+//!   epoll  on accept     epoll_ctl(ADD, c7, IN)         the kernel keeps the interest list;
+//!          on a change   epoll_ctl(MOD, c1, IN|OUT)     a socket puts itself on the ready
+//!          every turn    epoll_wait() <-- [c1: OUT]     list when data arrives
+//!          before close  epoll_ctl(DEL, c1)
+//! ```
+//!
+//! A `poll` turn costs O(clients): the loop builds an array of every descriptor, the kernel
+//! copies it in and checks each one, the loop walks the answers. An `epoll_wait` turn costs
+//! O(ready). With a few dozen busy clients the two cost about the same; with thousands
+//! connected and a few talking (a chat server's ordinary day) `poll` pays for every silent
+//! one on every turn and `epoll` does not. chat-bench's crowd workload measures exactly that
+//! (`docs/benchmarks/crowd.md`).
+//!
+//! The epoll loop is **level-triggered** (epoll's default, and what `poll` does): a socket
+//! that is still readable is reported again next turn, so the loop reads one chunk and moves
+//! on, exactly as with `poll`, and backpressure works the same way. Edge-triggered epoll
+//! (`EPOLLET`) reports only changes: the loop would have to read until `WouldBlock` or never
+//! hear of the rest, which is faster and a different loop.
+//!
+//! What epoll asks in return, its warts:
+//!
+//! - **One system call per change of interest.** `poll` is told everything every turn; epoll
+//!   only what it is told. Each time a client's interest changes (its outbox fills: `POLLOUT`
+//!   on; its echoes fill the outbox: `POLLIN` off, which is the backpressure), the loop must
+//!   call `epoll_ctl`. [`Server::update_interest`] compares with what is registered and calls
+//!   only on a change; a loop whose interests flip every turn can spend more on `epoll_ctl`
+//!   than it saves.
+//! - **Deregister before close.** The interest list holds the socket, not the descriptor's
+//!   number: closing the descriptor takes the socket off the list only when no other
+//!   descriptor refers to it (a `dup`, a child after `fork`). Otherwise epoll goes on reporting
+//!   a socket the loop has forgotten, under a number that may already be someone else's. So
+//!   [`Server::deregister`] takes every socket off before it is dropped.
+//! - **A paused listener must be told.** After an accept error (`EMFILE`) `poll` simply leaves
+//!   the listener out of the next array; with epoll the listener's entry is changed to ask for
+//!   nothing, and changed back when the pause ends, or the failed connection still in the
+//!   backlog would wake the loop on every turn.
+//! - **Linux only.** The BSDs and macOS have `kqueue`, Windows has IOCP: portable programs, and
+//!   tokio in v4 (through mio), hide them behind one interface.
+//!
 //! ## What it costs
 //!
 //! One thread and a few hundred bytes per idle client (a table slot, its name, an empty framer
 //! and an empty, unallocated outbox; `docs/benchmarks/results.md` measures 190 B per idle
 //! connection). The kernel's side is larger: results.md counts 8.1 KB of kernel memory per
 //! idle connection, both ends of a loopback connection together (two sockets and their files),
-//! and the kernel keeps the socket buffers. Every turn rebuilds the `poll` array and
-//! the kernel scans all of it, so a turn costs O(clients) even when one client is busy. And
+//! and the kernel keeps the socket buffers. With `poll`, every turn rebuilds the array and the
+//! kernel scans all of it, so a turn costs O(clients) even when one client is busy (with
+//! `--poller epoll`, O(ready clients), plus one `epoll_ctl` per change of interest). And
 //! everything runs on one core: any slow step in the loop delays everyone.
 //!
 //! ## Since v1, and what the Python original got wrong
@@ -110,7 +159,7 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -126,6 +175,7 @@ use chat_protocol::{Frame, LineFramer};
 use clap::Parser;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use tracing::{debug, info, warn};
 
 /// Most bytes read from one client in one turn. Bounded so that a client that floods cannot
@@ -169,6 +219,18 @@ const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 /// may destroy it), so the storm cannot take the descriptors that clients need.
 const MAX_CLOSING: usize = 256;
 
+/// Most ready sockets one `epoll_wait` reports. More than that stay ready (level-triggered)
+/// and are reported on the next turn; 1024 is a connection storm's accept batch, and far more
+/// clients than are ever busy at once in a chat.
+const EPOLL_EVENTS_MAX: usize = 1024;
+
+/// The epoll token of the listener. A client's token is its id, a closing connection's is
+/// [`CLOSING_TOKEN`] plus its descriptor's number: ids and descriptors stay far below both.
+const LISTENER_TOKEN: u64 = u64::MAX;
+
+/// Where the tokens of connections being closed start (see [`LISTENER_TOKEN`]).
+const CLOSING_TOKEN: u64 = 1 << 32;
+
 /// sock-chat v2: one thread, a poll(2) loop, every line echoed to its sender.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -182,6 +244,19 @@ struct Cli {
 
     #[command(flatten)]
     queue: QueueLimit,
+
+    /// How the loop waits for ready sockets: poll(2), the lesson as taught, or epoll(7).
+    #[arg(long, value_enum, default_value_t = Poller::Poll)]
+    poller: Poller,
+}
+
+/// The two ways to wait (SPEC 12). The loop is the same; see "poll or epoll" above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Poller {
+    /// `poll(2)`: every descriptor handed to the kernel on every turn.
+    Poll,
+    /// `epoll(7)`: the interest list kept in the kernel, told only of changes.
+    Epoll,
 }
 
 fn main() {
@@ -199,7 +274,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         .set_nonblocking(true)
         .context("cannot make the listening socket non-blocking")?;
     log_listening("v2-select", &listener)?;
-    Server::new(listener, cli).run()
+    Server::new(listener, cli)?.run()
 }
 
 /// Everything the loop's thread owns. No other thread touches it, so nothing is locked. (The
@@ -237,6 +312,19 @@ struct Server {
     ready: Vec<(usize, PollFlags)>,
     /// Which of `closing` `poll` reported this turn, in the same order; reused.
     closing_ready: Vec<bool>,
+    /// With `--poller epoll`: the kernel's interest list. `None`: the loop waits in `poll`.
+    epoll: Option<EpollSet>,
+}
+
+/// What `--poller epoll` adds: an epoll instance, whose interest list in the kernel holds the
+/// listener, every client and every closing connection, each with what the loop wants from
+/// it, and the buffer `epoll_wait` reports the ready ones into.
+#[derive(Debug)]
+struct EpollSet {
+    epoll: Epoll,
+    events: Vec<EpollEvent>,
+    /// Whether the listener's entry asks for `EPOLLIN` (not while accepting is paused).
+    listening: bool,
 }
 
 /// One connection, and what the loop must remember about it between turns: where v1 kept
@@ -254,6 +342,9 @@ struct Client {
     outbox: Outbox,
     /// False once the client half-closed: then it only waits for its outbox to drain.
     reading: bool,
+    /// With epoll: what the kernel's interest list holds for it, so that it is told only when
+    /// [`Client::interest`] changes.
+    registered: PollFlags,
 }
 
 /// A connection turned away with a last notice (SPEC 4): the notice is sent and the write side
@@ -278,8 +369,25 @@ enum Close {
 }
 
 impl Server {
-    fn new(listener: TcpListener, cli: &Cli) -> Server {
-        Server {
+    fn new(listener: TcpListener, cli: &Cli) -> anyhow::Result<Server> {
+        let epoll = match cli.poller {
+            Poller::Poll => None,
+            Poller::Epoll => {
+                let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+                    .context("cannot create an epoll instance")?;
+                let listening = EpollEvent::new(EpollFlags::EPOLLIN, LISTENER_TOKEN);
+                epoll
+                    .add(&listener, listening)
+                    .context("cannot add the listener to epoll")?;
+                let events = vec![EpollEvent::empty(); EPOLL_EVENTS_MAX];
+                Some(EpollSet {
+                    epoll,
+                    events,
+                    listening: true,
+                })
+            }
+        };
+        Ok(Server {
             listener,
             clients: Vec::new(),
             free: Vec::new(),
@@ -295,7 +403,8 @@ impl Server {
             echoes: String::new(),
             ready: Vec::new(),
             closing_ready: Vec::new(),
-        }
+            epoll,
+        })
     }
 
     /// The loop: wait, serve the ready clients, drain the closing, accept newcomers, forever.
@@ -310,6 +419,9 @@ impl Server {
             for i in 0..self.ready.len() {
                 let (id, events) = self.ready[i];
                 self.serve(id, events);
+                // Serving changes what we want from the client next: with epoll, the kernel
+                // must be told (with poll, the next array says it).
+                self.update_interest(id);
             }
             // Before accepting, while `closing_ready` still lines up with `closing`.
             self.drain_closing();
@@ -321,9 +433,9 @@ impl Server {
         }
     }
 
-    /// Sleeps in `poll(2)` until a socket is ready or a deadline comes (the end of an accept
-    /// pause or of a drain), then fills `ready` and `closing_ready`. Returns whether the
-    /// listener has connections waiting.
+    /// Sleeps until a socket is ready or a deadline comes (the end of an accept pause or of a
+    /// drain), then fills `ready` and `closing_ready`. Returns whether the listener has
+    /// connections waiting.
     fn wait(&mut self) -> Result<bool, Errno> {
         let now = Instant::now();
         if self.accept_paused_until.is_some_and(|until| until <= now) {
@@ -344,7 +456,16 @@ impl Server {
             }
             None => PollTimeout::NONE,
         };
+        if self.epoll.is_some() {
+            self.wait_epoll(accepting, timeout)
+        } else {
+            self.wait_poll(accepting, timeout)
+        }
+    }
 
+    /// `poll(2)`: builds the array of every socket and what the loop wants from it, and the
+    /// kernel looks at all of them, however few are ready.
+    fn wait_poll(&mut self, accepting: bool, timeout: PollTimeout) -> Result<bool, Errno> {
         // The array borrows every socket, so it lives only for this call; `ready` remembers
         // which id each entry stood for.
         let mut fds = Vec::with_capacity(1 + self.connected + self.closing.len());
@@ -379,6 +500,89 @@ impl Server {
         self.closing_ready
             .extend(reported.map(|events| !events.is_empty()));
         Ok(listener_ready)
+    }
+
+    /// `epoll_wait(2)`: the kernel already holds what the loop wants from every socket (kept
+    /// up to date by [`Server::update_interest`] and friends), so a turn hands it nothing and
+    /// gets back only the ready ones.
+    fn wait_epoll(&mut self, accepting: bool, timeout: PollTimeout) -> Result<bool, Errno> {
+        let Some(set) = self.epoll.as_mut() else {
+            return Ok(false);
+        };
+        if set.listening != accepting {
+            // Paused after an accept error, or resumed. Left asking for input, a listener
+            // with a failed connection in its backlog would wake every turn (level-triggered).
+            let interest = if accepting {
+                EpollFlags::EPOLLIN
+            } else {
+                EpollFlags::empty()
+            };
+            let mut event = EpollEvent::new(interest, LISTENER_TOKEN);
+            set.epoll.modify(&self.listener, &mut event)?;
+            set.listening = accepting;
+        }
+
+        let reported = set.epoll.wait(&mut set.events, timeout)?;
+
+        let mut listener_ready = false;
+        self.ready.clear();
+        self.closing_ready.clear();
+        self.closing_ready.resize(self.closing.len(), false);
+        for event in &set.events[..reported] {
+            match event.data() {
+                LISTENER_TOKEN => listener_ready = accepting,
+                token if token >= CLOSING_TOKEN => {
+                    // At most MAX_CLOSING of them: finding one by its descriptor is cheap.
+                    let fd = token - CLOSING_TOKEN;
+                    let found = self
+                        .closing
+                        .iter()
+                        .position(|closing| closing.stream.as_raw_fd() as u64 == fd);
+                    if let Some(i) = found {
+                        self.closing_ready[i] = true;
+                    }
+                }
+                id => self.ready.push((id as usize, poll_flags(event.events()))),
+            }
+        }
+        Ok(listener_ready)
+    }
+
+    /// With epoll, tells the kernel what the loop now wants from client `id`, if that changed:
+    /// one `epoll_ctl` per change, the price of not handing over every socket every turn.
+    fn update_interest(&mut self, id: usize) {
+        let (Some(set), Some(client)) = (&self.epoll, self.clients[id].as_mut()) else {
+            return;
+        };
+        let interest = client.interest(self.max_queue, self.too_long.len());
+        if interest == client.registered {
+            return;
+        }
+        let mut event = EpollEvent::new(epoll_flags(interest), id as u64);
+        match set.epoll.modify(&client.stream, &mut event) {
+            Ok(()) => client.registered = interest,
+            Err(errno) => self.close(id, Close::Broken(errno.into())),
+        }
+    }
+
+    /// With epoll, adds a socket to the kernel's interest list under `token`.
+    fn register(&self, socket: &TcpStream, interest: PollFlags, token: u64) -> io::Result<()> {
+        if let Some(set) = &self.epoll {
+            set.epoll
+                .add(socket, EpollEvent::new(epoll_flags(interest), token))?;
+        }
+        Ok(())
+    }
+
+    /// With epoll, takes a socket off the kernel's interest list before it is closed. The
+    /// kernel would drop it by itself when the descriptor closes, but only if no other
+    /// descriptor shares the socket (a `dup`, a child after `fork`): otherwise epoll goes on
+    /// reporting a socket the loop has forgotten. Deregistering first is the rule.
+    fn deregister(&self, socket: &TcpStream) {
+        if let Some(set) = &self.epoll {
+            // It can only fail if the socket was never registered: nothing to undo then.
+            let _ = set.epoll.delete(socket);
+        }
     }
 
     /// Does what one client's readiness allows: write, then read one chunk.
@@ -460,6 +664,7 @@ impl Server {
                 false
             };
             if done || closing.until <= now {
+                self.deregister(&closing.stream);
                 // Dropping it closes the descriptor.
                 self.closing.swap_remove(i);
             }
@@ -508,14 +713,22 @@ impl Server {
             info!("{addr} turned away: too many connections from its address");
             return self.turn_away(stream, &too_many_from_address(self.per_ip.max()));
         }
-        let client = Client {
+        let mut client = Client {
             stream,
             ip: addr.ip(),
             name: addr.to_string(),
             framer: LineFramer::new(self.max_line),
             outbox: Outbox::default(),
             reading: true,
+            registered: PollFlags::empty(),
         };
+        let id = self.free.last().copied().unwrap_or(self.clients.len());
+        client.registered = client.interest(self.max_queue, self.too_long.len());
+        if let Err(error) = self.register(&client.stream, client.registered, id as u64) {
+            warn!("{addr}: cannot add the socket to epoll: {error}; closing it");
+            self.per_ip.remove(client.ip);
+            return;
+        }
         info!("{} connected", client.name);
         match self.free.pop() {
             Some(id) => self.clients[id] = Some(client),
@@ -531,7 +744,10 @@ impl Server {
         let _ = write_some(&stream, &wire(notice));
         // The client reads the notice, then end of file.
         let _ = stream.shutdown(Shutdown::Write);
-        if self.closing.len() < MAX_CLOSING {
+        let token = CLOSING_TOKEN + stream.as_raw_fd() as u64;
+        if self.closing.len() < MAX_CLOSING
+            && self.register(&stream, PollFlags::POLLIN, token).is_ok()
+        {
             let until = Instant::now() + CLOSE_DRAIN;
             self.closing.push(Closing { stream, until });
         } else {
@@ -546,6 +762,7 @@ impl Server {
         let Some(client) = self.clients[id].take() else {
             return;
         };
+        self.deregister(&client.stream);
         self.free.push(id);
         self.connected -= 1;
         self.per_ip.remove(client.ip);
@@ -605,6 +822,33 @@ impl Client {
         }
         fits
     }
+}
+
+/// The epoll flags for what the loop wants, which it states in `poll`'s terms.
+fn epoll_flags(interest: PollFlags) -> EpollFlags {
+    let mut flags = EpollFlags::empty();
+    if interest.contains(PollFlags::POLLIN) {
+        flags |= EpollFlags::EPOLLIN;
+    }
+    if interest.contains(PollFlags::POLLOUT) {
+        flags |= EpollFlags::EPOLLOUT;
+    }
+    flags
+}
+
+/// What epoll reported, in `poll`'s terms, so that serving a client does not depend on how
+/// the loop waited. Errors and hang-ups are reported whether asked for or not, as by `poll`.
+fn poll_flags(events: EpollFlags) -> PollFlags {
+    let pairs = [
+        (EpollFlags::EPOLLIN, PollFlags::POLLIN),
+        (EpollFlags::EPOLLOUT, PollFlags::POLLOUT),
+        (EpollFlags::EPOLLERR, PollFlags::POLLERR),
+        (EpollFlags::EPOLLHUP, PollFlags::POLLHUP),
+    ];
+    pairs
+        .into_iter()
+        .filter(|(epoll, _)| events.contains(*epoll))
+        .fold(PollFlags::empty(), |flags, (_, poll)| flags | poll)
 }
 
 /// At most how many bytes of replies a client named with `name_len` bytes can get from

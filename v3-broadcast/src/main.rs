@@ -101,7 +101,31 @@
 //! 7.4 KB, counting both ends of a loopback connection: two sockets and their files). A client
 //! that is behind costs about `--max-queue` more, or one read's worth, whichever is more: join
 //! and leave notices are queued even for a full queue, but a full queue is dropped within
-//! `--stall-ms`. As in v2, each turn polls every descriptor, and one thread does all the work.
+//! `--stall-ms`. As in v2, each turn polls every descriptor (with `--poller epoll`, only the
+//! ready ones are reported), and one thread does all the work.
+//!
+//! ## poll or epoll (`--poller`)
+//!
+//! `v3-broadcast --poller epoll` waits with `epoll(7)` instead of `poll(2)`, as v2 can: the
+//! same loop, level-triggered, the kernel keeping the interest list so that a turn costs the
+//! ready sockets, not all of them (v2's lesson draws both and lists epoll's warts:
+//! deregister before close, one `epoll_ctl` per change of interest).
+//!
+//! The room makes the second wart bite. Its backpressure takes `POLLIN` away from *every*
+//! client at once while some queue is too full, and gives it back when there is room. With
+//! `poll` that is free: the next array leaves `POLLIN` out. With epoll, done the same way, it
+//! would be one `epoll_ctl` per client each time the room fills and again each time it
+//! empties, which under a burst is every few turns: thousands of system calls to save one
+//! `poll`. So the epoll loop takes input away lazily ([`Server::update_interest`]): a client
+//! keeps its `EPOLLIN` while the room is full until it is actually reported readable; only
+//! then (it is not read: the room is full) is its `EPOLLIN` removed, and it is listed to get
+//! it back once the room has space. Idle clients, who send nothing, are never touched: the
+//! cost follows the senders, not the room.
+//!
+//! What epoll does not remove: the review before each wait still walks every client's slot
+//! to find the fullest queue and the next deadline. That is a pass in user space over a
+//! table, far cheaper than `poll`'s pass in the kernel over descriptors (each one a socket's
+//! readiness to check), but it is O(clients) per turn too.
 //!
 //! ## What the Python original got wrong
 //!
@@ -135,6 +159,7 @@ use chat_protocol::{Frame, LineFramer};
 use clap::Parser;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use tracing::{debug, info, warn};
 
 /// Most bytes read from one client at once: a few hundred chat lines, and about what the
@@ -170,6 +195,14 @@ const CLOSING_GRACE: Duration = Duration::from_secs(2);
 /// without bound; beyond this many, one is told once, without waiting, and closed.
 const TURNING_AWAY_MAX: usize = MAX_CLIENTS_DEFAULT;
 
+/// Most ready sockets one `epoll_wait` reports. More than that stay ready (level-triggered)
+/// and are reported on the next turn; 1024 is a connection storm's accept batch, and far more
+/// clients than are ever busy at once in a chat.
+const EPOLL_EVENTS_MAX: usize = 1024;
+
+/// The epoll token of the listener; a client's token is its id, which stays far below it.
+const LISTENER_TOKEN: u64 = u64::MAX;
+
 /// sock-chat v3: one thread, a poll(2) loop, a chat room.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -189,6 +222,19 @@ struct Cli {
 
     #[command(flatten)]
     announce: AnnounceLimit,
+
+    /// How the loop waits for ready sockets: poll(2), the lesson as taught, or epoll(7).
+    #[arg(long, value_enum, default_value_t = Poller::Poll)]
+    poller: Poller,
+}
+
+/// The two ways to wait (SPEC 12). The loop is the same; see "poll or epoll" above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Poller {
+    /// `poll(2)`: every descriptor handed to the kernel on every turn.
+    Poll,
+    /// `epoll(7)`: the interest list kept in the kernel, told only of changes.
+    Epoll,
 }
 
 fn main() {
@@ -206,7 +252,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         .set_nonblocking(true)
         .context("cannot make the listening socket non-blocking")?;
     log_listening("v3-broadcast", &listener)?;
-    Server::new(listener, cli).run()
+    Server::new(listener, cli)?.run()
 }
 
 /// Everything the loop's thread owns. No other thread touches it, so nothing is locked. (The
@@ -264,6 +310,25 @@ struct Server {
     /// that when the room's space runs out in the middle of a turn, it is not always the same
     /// senders that wait for the next.
     turns: usize,
+    /// Whether this turn reads input: every queue has room for what a read can become. Set
+    /// before each wait.
+    reading: bool,
+    /// With `--poller epoll`: the kernel's interest list. `None`: the loop waits in `poll`.
+    epoll: Option<EpollSet>,
+}
+
+/// What `--poller epoll` adds: an epoll instance, whose interest list in the kernel holds the
+/// listener and every client, each with what the loop wants from it, and the buffer
+/// `epoll_wait` reports the ready ones into.
+#[derive(Debug)]
+struct EpollSet {
+    epoll: Epoll,
+    events: Vec<EpollEvent>,
+    /// Whether the listener's entry asks for `EPOLLIN` (not while accepting is paused).
+    listening: bool,
+    /// Clients in the room whose `EPOLLIN` was taken away while the room was full: given back
+    /// when it has room again (see "poll or epoll").
+    muted: Vec<usize>,
 }
 
 /// One connection, and what the loop must remember about it between turns. Every connection
@@ -286,6 +351,9 @@ struct Client {
     deadline: Option<Instant>,
     /// True while the client is in `Server::to_flush`: it is written to at the end of the turn.
     flush_due: bool,
+    /// With epoll: what the kernel's interest list holds for it, so that it is told only when
+    /// [`Client::interest`] changes.
+    registered: PollFlags,
 }
 
 /// Where a connection is in its life; each state asks `poll` for different things.
@@ -319,8 +387,25 @@ enum Close {
 }
 
 impl Server {
-    fn new(listener: TcpListener, cli: &Cli) -> Server {
-        Server {
+    fn new(listener: TcpListener, cli: &Cli) -> anyhow::Result<Server> {
+        let epoll = match cli.poller {
+            Poller::Poll => None,
+            Poller::Epoll => {
+                let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+                    .context("cannot create an epoll instance")?;
+                let listening = EpollEvent::new(EpollFlags::EPOLLIN, LISTENER_TOKEN);
+                epoll
+                    .add(&listener, listening)
+                    .context("cannot add the listener to epoll")?;
+                Some(EpollSet {
+                    epoll,
+                    events: vec![EpollEvent::empty(); EPOLL_EVENTS_MAX],
+                    listening: true,
+                    muted: Vec::new(),
+                })
+            }
+        };
+        Ok(Server {
             listener,
             clients: Vec::new(),
             free: Vec::new(),
@@ -342,7 +427,9 @@ impl Server {
             ready: Vec::new(),
             to_flush: Vec::new(),
             turns: 0,
-        }
+            reading: true,
+            epoll,
+        })
     }
 
     /// The loop: review the queues, wait, serve the ready clients, accept newcomers, write
@@ -360,6 +447,9 @@ impl Server {
             for i in 0..ready {
                 let (id, events) = self.ready[(self.turns + i) % ready];
                 self.serve(id, events);
+                // Serving changes what we want from the client next: with epoll, the kernel
+                // must be told (with poll, the next array says it).
+                self.update_interest(id);
             }
             self.turns = self.turns.wrapping_add(1);
             // Accepting after serving means a slot freed this turn is reused only once the
@@ -425,8 +515,8 @@ impl Server {
         wake_at
     }
 
-    /// Sleeps in `poll(2)` until a socket is ready or `wake_at`, then fills `ready`. Returns
-    /// whether the listener has connections waiting.
+    /// Sleeps until a socket is ready or `wake_at`, then fills `ready`. Returns whether the
+    /// listener has connections waiting.
     fn wait(&mut self, wake_at: Option<Instant>) -> Result<bool, Errno> {
         let now = Instant::now();
         if self.accept_paused_until.is_some_and(|until| until <= now) {
@@ -449,8 +539,18 @@ impl Server {
             None => PollTimeout::NONE,
         };
         // Input is read only while every queue has room for what a read can become.
-        let reading = self.room_free >= self.read_need;
+        self.reading = self.room_free >= self.read_need;
+        if self.epoll.is_some() {
+            self.wait_epoll(accepting, timeout)
+        } else {
+            self.wait_poll(accepting, timeout)
+        }
+    }
 
+    /// `poll(2)`: builds the array of every socket and what the loop wants from it, and the
+    /// kernel looks at all of them, however few are ready.
+    fn wait_poll(&mut self, accepting: bool, timeout: PollTimeout) -> Result<bool, Errno> {
+        let reading = self.reading;
         // The array borrows every socket, so it lives only for this call. Its entries follow
         // the table's order, so the table, walked again, says which client each stands for.
         // The listener's entry, if polled, comes last.
@@ -485,6 +585,83 @@ impl Server {
         Ok(listener_ready)
     }
 
+    /// `epoll_wait(2)`: the kernel already holds what the loop wants from every socket (kept
+    /// up to date by [`Server::update_interest`]), so a turn hands it nothing and gets back
+    /// only the ready ones.
+    fn wait_epoll(&mut self, accepting: bool, mut timeout: PollTimeout) -> Result<bool, Errno> {
+        if self.reading {
+            // The room has space again: whoever lost `EPOLLIN` while it was full gets it back.
+            let muted = self
+                .epoll
+                .as_mut()
+                .map(|set| std::mem::take(&mut set.muted))
+                .unwrap_or_default();
+            for id in muted {
+                self.update_interest(id);
+            }
+        }
+        if !self.to_flush.is_empty() {
+            // The review queued bytes (a leave notice) that this turn will write: do not sleep.
+            // poll would not either, since those clients ask for POLLOUT in its array.
+            timeout = PollTimeout::ZERO;
+        }
+        let Some(set) = self.epoll.as_mut() else {
+            return Ok(false);
+        };
+        if set.listening != accepting {
+            // Paused after an accept error, or resumed. Left asking for input, a listener
+            // with a failed connection in its backlog would wake every turn (level-triggered).
+            let interest = if accepting {
+                EpollFlags::EPOLLIN
+            } else {
+                EpollFlags::empty()
+            };
+            let mut event = EpollEvent::new(interest, LISTENER_TOKEN);
+            set.epoll.modify(&self.listener, &mut event)?;
+            set.listening = accepting;
+        }
+
+        let reported = set.epoll.wait(&mut set.events, timeout)?;
+
+        let mut listener_ready = false;
+        self.ready.clear();
+        for event in &set.events[..reported] {
+            match event.data() {
+                LISTENER_TOKEN => listener_ready = accepting,
+                id => self.ready.push((id as usize, poll_flags(event.events()))),
+            }
+        }
+        Ok(listener_ready)
+    }
+
+    /// With epoll, tells the kernel what the loop now wants from client `id`, if that changed:
+    /// one `epoll_ctl` per change, the price of not handing over every socket every turn.
+    ///
+    /// While the room is full, a client in it keeps its `EPOLLIN` until it actually sends
+    /// something: taking input away from every client at once would cost one call per client
+    /// each time the room fills, and again when it empties. Only the senders, the clients that
+    /// were reported readable and not read, are muted, and listed to be given it back.
+    fn update_interest(&mut self, id: usize) {
+        let reading = self.reading;
+        let (Some(set), Some(client)) = (self.epoll.as_mut(), self.clients[id].as_mut()) else {
+            return;
+        };
+        let interest = client.interest(reading);
+        if interest == client.registered {
+            return;
+        }
+        let mut event = EpollEvent::new(epoll_flags(interest), id as u64);
+        if let Err(errno) = set.epoll.modify(&client.stream, &mut event) {
+            return self.close(id, Close::Broken(errno.into()));
+        }
+        let input_taken =
+            client.registered.contains(PollFlags::POLLIN) && !interest.contains(PollFlags::POLLIN);
+        if input_taken && client.in_room() {
+            set.muted.push(id);
+        }
+        client.registered = interest;
+    }
+
     /// Does what one client's readiness allows. A writable client is only marked: it is
     /// written to with everything else at the end of the turn.
     fn serve(&mut self, id: usize, events: PollFlags) {
@@ -498,7 +675,9 @@ impl Server {
         let gone = events.intersects(PollFlags::POLLHUP | PollFlags::POLLERR);
         let readable = gone || events.contains(PollFlags::POLLIN);
         match client.state {
-            State::InRoom if readable => self.read_and_relay(id, gone),
+            // Not while the room is full (with poll, it was not even asked for input then;
+            // with epoll, it may still be, see `update_interest`), unless the socket is gone.
+            State::InRoom if readable && (self.reading || gone) => self.read_and_relay(id, gone),
             State::Closing {
                 write_shut: true, ..
             } if readable => self.drain(id),
@@ -636,10 +815,15 @@ impl Server {
                 if !*write_shut && client.outbox.is_empty() {
                     match client.stream.shutdown(Shutdown::Write) {
                         Ok(()) => *write_shut = true,
-                        Err(error) => self.close(id, Close::Broken(error)),
+                        Err(error) => {
+                            self.close(id, Close::Broken(error));
+                            continue;
+                        }
                     }
                 }
             }
+            // What is left in its queue (POLLOUT) and its state (draining: POLLIN) changed.
+            self.update_interest(id);
         }
         self.to_flush.clear();
     }
@@ -705,6 +889,13 @@ impl Server {
         let Some(client) = self.clients[id].take() else {
             return;
         };
+        if let Some(set) = &self.epoll {
+            // Deregister before the descriptor closes: the kernel drops a closed socket from
+            // the interest list by itself only if no other descriptor shares it (a `dup`, a
+            // child after `fork`); otherwise epoll goes on reporting a socket the loop has
+            // forgotten. It can only fail if the socket was never registered.
+            let _ = set.epoll.delete(&client.stream);
+        }
         self.free.push(id);
         if let State::Closing {
             turned_away: true, ..
@@ -778,7 +969,10 @@ impl Server {
         // Each join is news for everyone: a room filling up would cost O(n^2) notices.
         let online = self.online + 1;
         let notice = (online <= self.announce_limit).then(|| wire(&joined(&client.name, online)));
-        let id = self.insert(client);
+        let Some(id) = self.insert(client) else {
+            self.per_ip.remove(addr.ip());
+            return;
+        };
         self.connected += 1;
         self.online = online;
         if let Some(notice) = notice {
@@ -804,25 +998,39 @@ impl Server {
         let mut client = Client::new(stream, addr, self.max_line, closing);
         client.outbox.push(&Rc::from(notice));
         client.deadline = Some(Instant::now() + CLOSING_GRACE);
-        let id = self.insert(client);
+        let Some(id) = self.insert(client) else {
+            return;
+        };
         self.turning_away += 1;
         if let Some(client) = self.clients[id].as_mut() {
             flush_at_end_of_turn(&mut self.to_flush, id, client);
         }
     }
 
-    /// Puts `client` in a free slot and returns its id.
-    fn insert(&mut self, client: Client) -> usize {
-        match self.free.pop() {
-            Some(id) => {
-                self.clients[id] = Some(client);
-                id
+    /// Puts `client` in a free slot and returns its id; with epoll, adds it to the kernel's
+    /// interest list, or returns `None` (and drops it) if that fails.
+    fn insert(&mut self, mut client: Client) -> Option<usize> {
+        let id = self.free.last().copied().unwrap_or(self.clients.len());
+        if let Some(set) = self.epoll.as_mut() {
+            let interest = client.interest(self.reading);
+            let event = EpollEvent::new(epoll_flags(interest), id as u64);
+            if let Err(errno) = set.epoll.add(&client.stream, event) {
+                warn!(
+                    "{}: cannot add the socket to epoll: {errno}; closing it",
+                    client.name
+                );
+                return None;
             }
-            None => {
-                self.clients.push(Some(client));
-                self.clients.len() - 1
+            if client.in_room() && !self.reading {
+                set.muted.push(id);
             }
+            client.registered = interest;
         }
+        match self.free.pop() {
+            Some(id) => self.clients[id] = Some(client),
+            None => self.clients.push(Some(client)),
+        }
+        Some(id)
     }
 }
 
@@ -836,6 +1044,7 @@ impl Client {
             state,
             deadline: None,
             flush_due: false,
+            registered: PollFlags::empty(),
         }
     }
 
@@ -874,6 +1083,33 @@ impl Client {
 fn reported(fd: &PollFd<'_>) -> PollFlags {
     fd.revents()
         .unwrap_or(PollFlags::POLLIN | PollFlags::POLLOUT)
+}
+
+/// The epoll flags for what the loop wants, which it states in `poll`'s terms.
+fn epoll_flags(interest: PollFlags) -> EpollFlags {
+    let mut flags = EpollFlags::empty();
+    if interest.contains(PollFlags::POLLIN) {
+        flags |= EpollFlags::EPOLLIN;
+    }
+    if interest.contains(PollFlags::POLLOUT) {
+        flags |= EpollFlags::EPOLLOUT;
+    }
+    flags
+}
+
+/// What epoll reported, in `poll`'s terms, so that serving a client does not depend on how
+/// the loop waited. Errors and hang-ups are reported whether asked for or not, as by `poll`.
+fn poll_flags(events: EpollFlags) -> PollFlags {
+    let pairs = [
+        (EpollFlags::EPOLLIN, PollFlags::POLLIN),
+        (EpollFlags::EPOLLOUT, PollFlags::POLLOUT),
+        (EpollFlags::EPOLLERR, PollFlags::POLLERR),
+        (EpollFlags::EPOLLHUP, PollFlags::POLLHUP),
+    ];
+    pairs
+        .into_iter()
+        .filter(|(epoll, _)| events.contains(*epoll))
+        .fold(PollFlags::empty(), |flags, (_, poll)| flags | poll)
 }
 
 /// Lists `client` (at `id`) for a write at the end of the turn, once however often it is
