@@ -7,7 +7,7 @@ use std::io::Write;
 use sock_chat_tests::{chat_line, is_membership_notice, server_tests, Client, Running, Server};
 
 server_tests! {
-    [v1_threads, v2_select, v3_broadcast, v4_async] => {
+    [v1_threads, v2_select, v2_select_epoll, v3_broadcast, v3_broadcast_epoll, v4_async] => {
         clients_that_reset_mid_line_are_cleaned_up,
         a_client_that_half_closes_gets_its_lines_through_and_is_cleaned_up,
         connect_close_cycles_leave_the_descriptors_it_started_with,

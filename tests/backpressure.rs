@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use sock_chat_tests::{chat_line, server_tests, Client, Running, Server, DEADLINE};
 
 server_tests! {
-    [v3_broadcast, v4_async] => {
+    [v3_broadcast, v3_broadcast_epoll, v4_async] => {
         fast_readers_are_never_dropped_by_a_flood_of_short_lines,
         many_senders_of_long_and_short_lines_lose_nothing_and_drop_nobody,
         a_reader_that_pauses_for_less_than_the_stall_is_not_dropped,

@@ -16,7 +16,7 @@ use std::time::Duration;
 use sock_chat_tests::{chat_line, server_tests, Client, Running, Server};
 
 server_tests! {
-    [v3_broadcast, v4_async] => {
+    [v3_broadcast, v3_broadcast_epoll, v4_async] => {
         fast_readers_are_never_evicted_while_ten_of_them_flood_one_character_lines,
         one_flooder_of_short_lines_loses_nothing_for_four_fast_readers,
         a_stopped_reader_is_evicted_while_the_others_keep_receiving,

@@ -245,3 +245,4 @@ macro_rules! echo_tests {
 
 echo_tests!(v1, Server::V1Threads);
 echo_tests!(v2, Server::V2Select);
+echo_tests!(v2_epoll, Server::V2SelectEpoll);

@@ -4,7 +4,7 @@
 use sock_chat_tests::{server_tests, Server};
 
 server_tests! {
-    [v1_threads, v2_select, v3_broadcast, v4_async] => {
+    [v1_threads, v2_select, v2_select_epoll, v3_broadcast, v3_broadcast_epoll, v4_async] => {
         crlf_and_lf_both_end_a_line,
         a_line_split_over_many_segments_arrives_whole,
         many_lines_in_one_segment_arrive_separately_in_order,

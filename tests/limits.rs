@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use sock_chat_tests::{failed_start, server_tests, Client, Server};
 
 server_tests! {
-    [v1_threads, v2_select, v3_broadcast, v4_async] => {
+    [v1_threads, v2_select, v2_select_epoll, v3_broadcast, v3_broadcast_epoll, v4_async] => {
         out_of_range_numeric_flags_are_refused_at_start_up_naming_the_flag_and_range,
         a_connection_beyond_max_per_ip_gets_the_notice_and_other_addresses_are_served,
         this_machine_is_never_limited_by_max_per_ip,

@@ -14,7 +14,7 @@ use std::thread;
 use sock_chat_tests::{chat_line, server_tests, Client, Running, Server};
 
 server_tests! {
-    [v3_broadcast, v4_async] => {
+    [v3_broadcast, v3_broadcast_epoll, v4_async] => {
         a_line_reaches_everyone_else_but_not_its_sender,
         lines_arrive_in_the_order_the_server_received_them,
         every_receiver_hears_concurrent_senders_in_the_same_order,

@@ -4,7 +4,7 @@
 use sock_chat_tests::{server_tests, Conversation, Server};
 
 server_tests! {
-    [v1_threads, v2_select, v3_broadcast, v4_async] => {
+    [v1_threads, v2_select, v2_select_epoll, v3_broadcast, v3_broadcast_epoll, v4_async] => {
         invalid_utf8_arrives_as_replacement_characters,
         telnet_commands_are_dropped,
         control_characters_and_escapes_are_removed_but_tabs_stay,

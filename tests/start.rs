@@ -7,7 +7,7 @@ use std::process::Output;
 use sock_chat_tests::{failed_start, server_tests, Server};
 
 server_tests! {
-    [v1_threads, v2_select, v3_broadcast, v4_async] => {
+    [v1_threads, v2_select, v2_select_epoll, v3_broadcast, v3_broadcast_epoll, v4_async] => {
         logs_one_listening_line_with_the_resolved_port,
         port_zero_gives_each_server_its_own_free_port,
         unparsable_addr_exits_with_one_sentence_naming_it,

@@ -20,13 +20,18 @@ use std::time::{Duration, Instant};
 /// busy 2-core machine; a passing test never waits for it.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
-/// The server binaries, so that one test body can run against several of them.
+/// The server binaries, so that one test body can run against several of them. v2 and v3
+/// come twice, once per `--poller` (SPEC 12): the same behaviour is expected of both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Server {
     V1Threads,
     V2Select,
     V3Broadcast,
     V4Async,
+    /// v2-select with `--poller epoll`.
+    V2SelectEpoll,
+    /// v3-broadcast with `--poller epoll`.
+    V3BroadcastEpoll,
 }
 
 impl Server {
@@ -34,9 +39,17 @@ impl Server {
     pub fn name(self) -> &'static str {
         match self {
             Server::V1Threads => "v1-threads",
-            Server::V2Select => "v2-select",
-            Server::V3Broadcast => "v3-broadcast",
+            Server::V2Select | Server::V2SelectEpoll => "v2-select",
+            Server::V3Broadcast | Server::V3BroadcastEpoll => "v3-broadcast",
             Server::V4Async => "v4-async",
+        }
+    }
+
+    /// The arguments that choose how it waits: `--poller epoll` for the epoll variants.
+    pub fn poller_args(self) -> &'static [&'static str] {
+        match self {
+            Server::V2SelectEpoll | Server::V3BroadcastEpoll => &["--poller", "epoll"],
+            _ => &[],
         }
     }
 
@@ -48,7 +61,10 @@ impl Server {
     /// True for the chat rooms (v3, v4), where a line goes to the others and not back to its
     /// sender; false for the echo servers (v1, v2).
     pub fn is_room(self) -> bool {
-        matches!(self, Server::V3Broadcast | Server::V4Async)
+        matches!(
+            self,
+            Server::V3Broadcast | Server::V3BroadcastEpoll | Server::V4Async
+        )
     }
 
     /// Like [`Server::start`], with v4's rate limit off (`--rate 0`): for tests that send more
@@ -69,6 +85,7 @@ impl Server {
     /// The server process with `args`, logging at `level` (`RUST_LOG`), its output piped.
     fn spawn_logging(self, args: &[&str], level: &str) -> Child {
         Command::new(binary(self.name()))
+            .args(self.poller_args())
             .args(args)
             .env("RUST_LOG", level)
             .stdin(Stdio::null())
@@ -439,11 +456,11 @@ impl Conversation {
 ///
 /// ```text
 /// server_tests! {
-///     [v1_threads, v2_select, v3_broadcast, v4_async] => {
+///     [v1_threads, v2_select, v2_select_epoll, v3_broadcast, v3_broadcast_epoll, v4_async] => {
 ///         overlong_line_gets_error,
 ///         empty_lines_are_ignored,
 ///     }
-///     [v3_broadcast, v4_async] => { joins_are_announced }
+///     [v3_broadcast, v3_broadcast_epoll, v4_async] => { joins_are_announced }
 /// }
 /// ```
 ///
@@ -481,6 +498,12 @@ macro_rules! server_named {
     };
     (v4_async) => {
         $crate::Server::V4Async
+    };
+    (v2_select_epoll) => {
+        $crate::Server::V2SelectEpoll
+    };
+    (v3_broadcast_epoll) => {
+        $crate::Server::V3BroadcastEpoll
     };
 }
 
