@@ -9,14 +9,17 @@
 //!
 //!  clock starts --> S senders --> server --> receivers: token -> ledger + histogram
 //!                     ^  (burst)                         |
-//!                     +---- window: at most W lines ahead of what a witness receiver has
+//!                     +---- window: at most W lines ahead of its slowest receiver
 //!  clock stops when the last expected line has arrived (or nothing moved for 5 s)
 //! ```
 //!
 //! **Burst** senders are closed-loop with a window: each keeps at most `--window` lines ahead
-//! of what one of its receivers (its *witness*) has seen. Without a window a sender could pour
-//! all its lines into the kernel's socket buffers (megabytes on loopback) at once, and the
-//! latency would measure those buffers, not the server. **Paced** senders are open-loop: one
+//! of the slowest of its receivers. Without a window a sender could pour all its lines into
+//! the kernel's socket buffers (megabytes on loopback) at once, and the latency would measure
+//! those buffers, not the server. The slowest, not any one receiver: a receiver task of
+//! chat-bench that the machine starves of CPU falls behind the others, and a window that
+//! followed someone else would keep feeding the room until the server, rightly, evicted the
+//! starved receiver as too slow (SPEC 4): the generator's weakness reported as the server's. **Paced** senders are open-loop: one
 //! pacer thread sends every line at the moment scheduled for it in advance and stamps it with
 //! that moment, so a server (or generator) that falls behind shows up as latency instead of
 //! quietly sending less (no coordinated omission). The pacer's own lateness is measured and
@@ -74,6 +77,10 @@ const WINDOW_DELIVERIES_MAX: u64 = 500_000;
 
 /// The fewest lines a default window allows, so that even a huge room is kept busy.
 const WINDOW_LINES_MIN: u32 = 16;
+
+/// Most counters all burst windows together may hold (one per sender per receiver, 4 bytes
+/// each): 64 MB. Far beyond any sensible room: 10 senders in a room of 20 000 need 200 000.
+const WINDOW_SLOTS_MAX: usize = 1 << 24;
 
 /// The default window: lines a burst sender may be ahead of its witness.
 pub fn default_window(mode: Mode, clients: usize, senders: usize) -> u32 {
@@ -191,6 +198,15 @@ impl Workload {
         if self.clients == 0 || self.clients > CLIENTS_MAX {
             bail!("--clients must be between 1 and {CLIENTS_MAX}");
         }
+        if self.windowed() && self.window_slots() * self.senders > WINDOW_SLOTS_MAX {
+            bail!(
+                "a window per sender over every receiver is {} counters for {} senders in a \
+                 room of {}: too many; use fewer senders or --window 0",
+                self.window_slots() * self.senders,
+                self.senders,
+                self.clients
+            );
+        }
         if self.senders > self.clients {
             bail!(
                 "--senders ({}) cannot exceed --clients ({})",
@@ -209,16 +225,26 @@ impl Workload {
         Ok(())
     }
 
-    /// The client whose receiver paces sender `sender`'s window: a pure receiver if there is
-    /// one (senders also receive the other senders' lines), the sender itself for an echo.
-    fn witness(&self, sender: usize) -> Option<usize> {
+    /// Whether burst senders keep a window (see [`Window`]).
+    fn windowed(&self) -> bool {
+        self.rate.is_none() && self.window > 0 && self.messages > 0
+    }
+
+    /// How many receivers a sender's window counts: every client in a room (the sender's own
+    /// slot stays unused), the sender alone for an echo.
+    fn window_slots(&self) -> usize {
         match self.mode {
-            Mode::Echo => Some(sender),
-            Mode::Broadcast if self.clients > self.senders => {
-                Some(self.senders + sender % (self.clients - self.senders))
-            }
-            Mode::Broadcast if self.clients > 1 => Some((sender + 1) % self.clients),
-            Mode::Broadcast => None,
+            Mode::Broadcast => self.clients,
+            Mode::Echo => 1,
+        }
+    }
+
+    /// Where in sender `sender`'s window client `receiver` reports how far it got, if it
+    /// receives that sender's lines at all.
+    fn window_slot(&self, sender: usize, receiver: usize) -> Option<usize> {
+        match self.mode {
+            Mode::Broadcast => (receiver != sender).then_some(receiver),
+            Mode::Echo => (receiver == sender).then_some(0),
         }
     }
 
@@ -398,12 +424,67 @@ struct Shared {
     windows: Vec<Window>,
 }
 
-/// A burst sender's view of its witness.
-#[derive(Debug, Default)]
+/// A burst sender's window: how far each of its receivers has got, so that the sender keeps
+/// at most `--window` lines ahead of the slowest one.
+#[derive(Debug)]
 struct Window {
-    /// Lines of this sender its witness has seen without a gap.
-    witnessed: AtomicU32,
+    /// Lines of this sender each receiver has seen without a gap, by
+    /// [`Workload::window_slot`]; `u32::MAX` in a slot that receives nothing from it.
+    seen: Box<[AtomicU32]>,
+    /// The slowest receiver's count when the sender last looked. Only a receiver at it can
+    /// open the window further, so only such a receiver wakes the sender: a room of a
+    /// thousand moving on does not wake it a thousand times.
+    floor: AtomicU32,
     moved: Notify,
+}
+
+impl Window {
+    fn new(workload: &Workload, sender: usize) -> Window {
+        let slots = workload.window_slots();
+        let unused = |slot| match workload.mode {
+            Mode::Broadcast => slot == sender,
+            Mode::Echo => false,
+        };
+        Window {
+            seen: (0..slots)
+                .map(|slot| AtomicU32::new(if unused(slot) { u32::MAX } else { 0 }))
+                .collect(),
+            floor: AtomicU32::new(0),
+            moved: Notify::new(),
+        }
+    }
+
+    /// A receiver has now seen `count` of the sender's lines without a gap.
+    ///
+    /// SeqCst here and in [`Window::slowest`]: the receiver writes its count then reads the
+    /// floor, the sender writes the floor then reads the counts, so at least one of them sees
+    /// the other's write and a wake-up is never lost.
+    fn advance(&self, slot: usize, count: u32) {
+        let seen = &self.seen[slot];
+        let before = seen.load(Ordering::Relaxed);
+        if count == before {
+            return;
+        }
+        seen.store(count, Ordering::SeqCst);
+        if before <= self.floor.load(Ordering::SeqCst) {
+            self.moved.notify_one();
+        }
+    }
+
+    /// The slowest receiver's count, published as the floor that wakes the sender.
+    fn slowest(&self) -> u32 {
+        let min = || {
+            self.seen
+                .iter()
+                .map(|seen| seen.load(Ordering::SeqCst))
+                .min()
+                .unwrap_or(u32::MAX)
+        };
+        self.floor.store(min(), Ordering::SeqCst);
+        // Again, after publishing: a receiver that moved on while we looked may have read the
+        // old floor and not woken us.
+        min()
+    }
 }
 
 /// One client's receiving side: everything it counts is its own.
@@ -418,8 +499,8 @@ struct Receiver {
     /// Whose probe proves this client is in: client 0's in a room, its own for an echo.
     probe_from: Option<u16>,
     probed: bool,
-    /// Senders whose window this receiver moves.
-    witness_for: Vec<usize>,
+    /// The windows this receiver moves: (sender, its slot in that sender's window).
+    moves_windows: Vec<(usize, usize)>,
     complete: bool,
     /// When the last expected line arrived (or the last line at all, if some never did).
     last_delivery_nanos: u64,
@@ -454,12 +535,8 @@ impl Receiver {
         if arrived > 0 {
             self.last_delivery_nanos = now;
             shared.delivered.fetch_add(arrived, Ordering::Relaxed);
-            for &sender in &self.witness_for {
-                let window = &shared.windows[sender];
-                window
-                    .witnessed
-                    .store(self.tally.contiguous(sender), Ordering::Release);
-                window.moved.notify_one();
+            for &(sender, slot) in &self.moves_windows {
+                shared.windows[sender].advance(slot, self.tally.contiguous(sender));
             }
             if !self.complete && self.tally.is_complete() {
                 self.complete = true;
@@ -539,27 +616,26 @@ async fn send_burst(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) -> (WriteSide, Sent) {
-    let window = workload
-        .witness(usize::from(sender))
-        .filter(|_| workload.window > 0)
-        .map(|_| &shared.windows[usize::from(sender)]);
+    let window = shared.windows.get(usize::from(sender));
+    // The slowest receiver's count when last looked: looked at again only when it limits.
+    let mut slowest = 0u32;
     let mut batch = Vec::with_capacity(SEND_BATCH_LINES as usize * (TOKEN_LEN + 1));
     let mut sent = Sent::default();
     let mut seq = 0u32;
     let stopped = stop.changed();
     tokio::pin!(stopped);
     while seq < workload.messages {
-        let allowed = window.map_or(u32::MAX, |w| {
-            w.witnessed
-                .load(Ordering::Acquire)
-                .saturating_add(workload.window)
-        });
+        let mut allowed = window.map_or(u32::MAX, |_| slowest.saturating_add(workload.window));
         if seq >= allowed {
             let window = window.expect("only a window limits a sender");
-            tokio::select! {
-                biased;
-                _ = &mut stopped => break,
-                () = window.moved.notified() => continue,
+            slowest = window.slowest();
+            allowed = slowest.saturating_add(workload.window);
+            if seq >= allowed {
+                tokio::select! {
+                    biased;
+                    _ = &mut stopped => break,
+                    () = window.moved.notified() => continue,
+                }
             }
         }
         let lines = (workload.messages - seq)
@@ -743,7 +819,13 @@ pub async fn run(
         delivered: AtomicU64::new(0),
         closed: AtomicUsize::new(0),
         wake: Notify::new(),
-        windows: (0..workload.senders).map(|_| Window::default()).collect(),
+        windows: if workload.windowed() {
+            (0..workload.senders)
+                .map(|sender| Window::new(&workload, sender))
+                .collect()
+        } else {
+            Vec::new()
+        },
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let rss_before_kb = match target.process {
@@ -1087,9 +1169,13 @@ async fn connect_client(
             Mode::Echo => Some(client as u16),
         },
         probed: false,
-        witness_for: (0..workload.senders)
-            .filter(|&sender| workload.witness(sender) == Some(client))
-            .collect(),
+        moves_windows: if workload.windowed() {
+            (0..workload.senders)
+                .filter_map(|sender| Some((sender, workload.window_slot(sender, client)?)))
+                .collect()
+        } else {
+            Vec::new()
+        },
         complete: false,
         last_delivery_nanos: 0,
         last_line: Vec::new(),
@@ -1162,19 +1248,51 @@ mod tests {
     }
 
     #[test]
-    fn witnesses_are_pure_receivers_when_there_are_any() {
-        let room = workload(Mode::Broadcast, 100, 10);
-        for sender in 0..10 {
-            let witness = room.witness(sender).unwrap();
-            assert!(witness >= 10 && room.receives(witness, sender));
+    fn a_window_follows_the_slowest_of_the_senders_receivers() {
+        let room = workload(Mode::Broadcast, 4, 2);
+        let window = Window::new(&room, 0);
+        for (client, count) in [(1, 10), (2, 3), (3, 12)] {
+            window.advance(room.window_slot(0, client).unwrap(), count);
         }
-        let all_send = workload(Mode::Broadcast, 3, 3);
-        for sender in 0..3 {
-            let witness = all_send.witness(sender).unwrap();
-            assert!(all_send.receives(witness, sender), "sender {sender}");
-        }
-        assert_eq!(workload(Mode::Broadcast, 1, 1).witness(0), None);
-        assert_eq!(workload(Mode::Echo, 10, 3).witness(2), Some(2));
+        assert_eq!(
+            room.window_slot(0, 0),
+            None,
+            "a sender does not receive itself"
+        );
+        assert_eq!(window.slowest(), 3);
+        window.advance(room.window_slot(0, 2).unwrap(), 11);
+        assert_eq!(window.slowest(), 10);
+
+        let echo = workload(Mode::Echo, 4, 4);
+        assert_eq!(echo.window_slot(2, 2), Some(0));
+        assert_eq!(echo.window_slot(2, 1), None);
+        let window = Window::new(&echo, 2);
+        window.advance(0, 7);
+        assert_eq!(window.slowest(), 7);
+    }
+
+    #[test]
+    fn only_a_receiver_at_the_floor_wakes_the_sender() {
+        let room = workload(Mode::Broadcast, 3, 1);
+        let window = Window::new(&room, 0);
+        window.advance(1, 5);
+        let first = window.moved.notified();
+        tokio::pin!(first);
+        assert!(first.as_mut().enable(), "client 1 was at the floor (0)");
+        assert_eq!(window.slowest(), 0, "client 2 has seen nothing yet");
+        // Client 1 is ahead of the floor: moving on cannot open the window.
+        window.advance(1, 6);
+        let woken = window.moved.notified();
+        tokio::pin!(woken);
+        assert!(
+            !woken.as_mut().enable(),
+            "woken by a receiver ahead of the floor"
+        );
+        window.advance(2, 4);
+        assert!(
+            woken.as_mut().enable(),
+            "the slowest moving on wakes the sender"
+        );
     }
 
     #[test]
