@@ -10,7 +10,7 @@ use anyhow::anyhow;
 use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 
-use crate::plans::Kind;
+use crate::plans::{versions_for, Kind};
 use crate::results::Results;
 use crate::servers::VERSIONS;
 
@@ -23,8 +23,15 @@ const COLORS: [RGBColor; 4] = [
     RGBColor(0xd6, 0x27, 0x28),
 ];
 
-/// Draws `throughput.svg`, `latency-paced.svg` and `latency-burst.svg` into `dir`.
+/// Draws `throughput.svg`, `latency-paced.svg` and `latency-burst.svg` into `dir`, and
+/// `crowd.svg` when the crowd was measured.
 pub fn draw_all(dir: &Path, results: &Results) -> anyhow::Result<()> {
+    if !results.crowd_plans().is_empty() {
+        crowd(&dir.join("crowd.svg"), results)?;
+    }
+    if results.workloads.iter().all(|p| p.kind == Kind::Crowd) {
+        return Ok(());
+    }
     throughput(&dir.join("throughput.svg"), results)?;
     latency(
         &dir.join("latency-paced.svg"),
@@ -266,5 +273,101 @@ pub fn soak(
         .map_err(&err)?
         .label("open descriptors")
         .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], fds_color.stroke_width(3)));
+    finish(&root, &mut chart, path)
+}
+
+/// How many sizes the crowd chart's log axis labels: more crowd the labels into each other.
+const CROWD_X_LABELS: usize = 6;
+
+/// Server CPU per delivery against the crowd's size, both on log scales: one line per version
+/// and poller. poll's lines climb with the silent clients; epoll's stay flat.
+fn crowd(path: &Path, results: &Results) -> anyhow::Result<()> {
+    let lineup = versions_for(Kind::Crowd);
+    let curves: Vec<(usize, Vec<(f64, f64)>)> = lineup
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let points = results
+                .crowd_plans()
+                .iter()
+                .filter_map(|plan| {
+                    let ns = results.crowd(v.name, plan.clients)?.cpu_ns_per_delivery?;
+                    Some((plan.clients as f64, ns.max(1.0) / 1e3))
+                })
+                .collect();
+            (i, points)
+        })
+        .collect();
+    let all = curves.iter().flat_map(|(_, c)| c.iter().copied());
+    let (x_low, x_high) = all
+        .clone()
+        .fold((f64::INFINITY, 1.0f64), |(lo, hi), (x, _)| {
+            (lo.min(x), hi.max(x))
+        });
+    let (y_low, y_high) = all.fold((f64::INFINITY, 0.0f64), |(lo, hi), (_, y)| {
+        (lo.min(y), hi.max(y))
+    });
+    let x_low = if x_low.is_finite() { x_low } else { 1.0 };
+    let y_low = if y_low.is_finite() { y_low } else { 0.1 };
+
+    let err = plot_error(path);
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(&err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Server CPU per delivery, 10 clients talking among N (lower is better)",
+            (FONT, 22),
+        )
+        .margin(20)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            (x_low / 1.5..x_high * 1.5).log_scale(),
+            (y_low / 2.0..y_high * 8.0).log_scale(),
+        )
+        .map_err(&err)?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .x_labels(CROWD_X_LABELS)
+        .x_desc("clients connected (log scale)")
+        .x_label_formatter(&|n| format!("{n:.0}"))
+        .y_desc("µs of server CPU per delivery (log scale)")
+        .y_label_formatter(&|us| format!("{us}"))
+        .label_style((FONT, 16))
+        .draw()
+        .map_err(&err)?;
+    for (i, points) in &curves {
+        let version = lineup[*i];
+        // A poller's two lines share a colour: poll solid, epoll dashed.
+        let color = COLORS[match version.binary {
+            "v2-select" => 0,
+            "v3-broadcast" => 1,
+            _ => 2,
+        }];
+        let epoll = !version.variant.is_empty();
+        let style = color.stroke_width(3);
+        let label = match version.binary {
+            "v4-async" => "v4-async (tokio: epoll)".to_owned(),
+            binary if epoll => format!("{binary} epoll"),
+            binary => format!("{binary} poll"),
+        };
+        let series = if epoll {
+            chart.draw_series(DashedLineSeries::new(points.clone(), 8, 6, style))
+        } else {
+            chart.draw_series(LineSeries::new(points.clone(), style))
+        }
+        .map_err(&err)?;
+        // The legend draws epoll's line broken in two, like the dashes.
+        let gap = if epoll { 4 } else { 0 };
+        series.label(label).legend(move |(x, y)| {
+            EmptyElement::at((x, y))
+                + PathElement::new([(0, 0), (9 - gap, 0)], color.stroke_width(3))
+                + PathElement::new([(9 + gap, 0), (18, 0)], color.stroke_width(3))
+        });
+        chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
+            .map_err(&err)?;
+    }
     finish(&root, &mut chart, path)
 }

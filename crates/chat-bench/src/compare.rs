@@ -6,7 +6,8 @@
 //!      for each version (rotated):       v1 v2 v3 v4
 //!        start it on port 0, RUST_LOG=warn --> load::run --> SIGTERM (SIGKILL after 3 s)
 //!    then v4 over TLS:                   burst 100, 1000 clients connecting (handshakes)
-//!  --> bench-results/<time>/results.{md,json} + charts
+//!    then the crowd, N = 100 .. 20 000:  v2 poll, v2 epoll, v3 poll, v3 epoll, v4
+//!  --> bench-results/<time>/results.{md,json} + charts (crowd.md and crowd.svg apart too)
 //! ```
 //!
 //! The TLS row measures what TLS costs v4 (SPEC 8), not whom to trust: chat-bench starts the
@@ -21,9 +22,9 @@ use anyhow::Context as _;
 
 use crate::load::{self, Target};
 use crate::markdown;
-use crate::plans::{plans, tls_plans, Kind, Plan, V4_TLS};
+use crate::plans::{crowd_plans, plans, tls_plans, versions_for, Kind, Plan, V4_TLS};
 use crate::progress::Progress;
-use crate::results::{self, record_problem, run_line, Results, RunRecord};
+use crate::results::{self, record_problem, run_line, CrowdCap, Results, RunRecord};
 use crate::servers::{find_servers, Server, Version};
 use crate::tls::Tls;
 
@@ -42,7 +43,13 @@ pub struct Args {
     /// Folder that receives one results folder per comparison.
     #[arg(long, value_name = "DIR", default_value = "bench-results")]
     out: PathBuf,
+
+    /// Only these workloads (comma-separated), without the TLS row: `--only crowd` measures
+    /// poll against epoll alone.
+    #[arg(long, value_name = "KINDS", value_enum, value_delimiter = ',')]
+    only: Vec<Kind>,
 }
+
 /// How a run's clients talk to the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Transport {
@@ -50,10 +57,28 @@ enum Transport {
     /// On a `--tls-addr` beside the plaintext listener, with a self-signed certificate.
     Tls,
 }
+
 /// `chat-bench compare`.
 pub async fn compare(args: Args, descriptors: u64) -> anyhow::Result<()> {
     let servers = find_servers()?;
-    let plans = plans(args.quick);
+    let chosen = |kind| args.only.is_empty() || args.only.contains(&kind);
+    let mut plans: Vec<Plan> = plans(args.quick)
+        .into_iter()
+        .filter(|plan| chosen(plan.kind))
+        .collect();
+    let crowd_cap = if chosen(Kind::Crowd) {
+        // The crowd grows to what the descriptors allow: chat-bench holds one per client.
+        let most = load::most_clients(descriptors);
+        let (crowd, capped) = crowd_plans(args.quick, most);
+        plans.extend(crowd);
+        capped.map(|wanted| CrowdCap {
+            wanted,
+            reached: most,
+            descriptors,
+        })
+    } else {
+        None
+    };
     let most_clients = plans.iter().map(|p| p.clients).max().unwrap_or(1);
     load::check_descriptors(most_clients, descriptors)?;
     // Room for every client of the largest workload, and then some: --max-clients is not
@@ -62,13 +87,16 @@ pub async fn compare(args: Args, descriptors: u64) -> anyhow::Result<()> {
 
     let started_utc = std::time::SystemTime::now();
     let out = results::results_dir(&args.out, started_utc)?;
-    let tls_plans = tls_plans(args.quick);
-    let v4 = servers
+    let tls_plans = if args.only.is_empty() {
+        tls_plans(args.quick)
+    } else {
+        Vec::new()
+    };
+    let v4 = Version::named("v4-async").context("v4-async is one of the versions")?;
+    let total_runs: u32 = plans
         .iter()
-        .find(|(version, _)| version.name == "v4-async")
-        .cloned()
-        .context("v4-async is one of the versions")?;
-    let total_runs: u32 = plans.iter().map(|p| p.repeats).sum::<u32>() * servers.len() as u32
+        .map(|p| p.repeats * versions_for(p.kind).len() as u32)
+        .sum::<u32>()
         + tls_plans.iter().map(|p| p.repeats).sum::<u32>();
     let progress = Progress::new(Some(u64::from(total_runs)));
     let clock = Instant::now();
@@ -76,8 +104,10 @@ pub async fn compare(args: Args, descriptors: u64) -> anyhow::Result<()> {
     let rounds = plans.iter().map(|p| p.repeats).max().unwrap_or(1);
     for repeat in 0..rounds {
         for plan in plans.iter().filter(|p| repeat < p.repeats) {
-            for offset in 0..servers.len() {
-                let (version, binary) = &servers[(offset + repeat as usize) % servers.len()];
+            let lineup = versions_for(plan.kind);
+            for offset in 0..lineup.len() {
+                let version = &lineup[(offset + repeat as usize) % lineup.len()];
+                let binary = servers.join(version.binary);
                 let name = format!(
                     "{} {} ({} clients){}",
                     version.name,
@@ -92,7 +122,7 @@ pub async fn compare(args: Args, descriptors: u64) -> anyhow::Result<()> {
                 progress.start_run(name.clone());
                 let record = run_one(
                     version,
-                    binary,
+                    &binary,
                     plan,
                     repeat,
                     max_clients,
@@ -106,10 +136,9 @@ pub async fn compare(args: Args, descriptors: u64) -> anyhow::Result<()> {
         for plan in tls_plans.iter().filter(|p| repeat < p.repeats) {
             let name = format!("{V4_TLS} {} ({} clients)", plan.title, plan.clients);
             progress.start_run(name.clone());
-            let (version, binary) = &v4;
             let record = run_one(
-                version,
-                binary,
+                &v4,
+                &servers.join(v4.binary),
                 plan,
                 repeat,
                 max_clients,
@@ -128,11 +157,19 @@ pub async fn compare(args: Args, descriptors: u64) -> anyhow::Result<()> {
         args.quick,
         &plans,
         &tls_plans,
+        crowd_cap,
         runs,
     );
     markdown::write_all(&out, &results)?;
-    println!("{}", markdown::summary_table(&results));
-    println!("{}", markdown::tls_table(&results));
+    if plans.iter().any(|p| p.kind != Kind::Crowd) {
+        println!("{}", markdown::summary_table(&results));
+    }
+    if !results.tls_summary.is_empty() {
+        println!("{}", markdown::tls_table(&results));
+    }
+    if !results.crowd_plans().is_empty() {
+        println!("{}", markdown::crowd_tables(&results));
+    }
     println!(
         "Full results, every run and the charts: {}/ (compare took {:.0} s)",
         out.display(),
@@ -189,12 +226,14 @@ async fn run_one(
             Transport::Tls => V4_TLS.to_owned(),
         },
         workload: plan.kind,
+        clients: plan.clients,
         repeat: repeat + 1,
         report: None,
         error: None,
         server_log: Vec::new(),
     };
-    if plan.kind == Kind::Idle {
+    let storm = plan.kind == Kind::Idle || plan.kind == Kind::Crowd;
+    if storm {
         tokio::time::sleep(STORM_QUIET).await;
     }
     let mut args: Vec<String> = version
@@ -242,7 +281,7 @@ async fn run_one(
         }
         Err(error) => record.error = Some(format!("{error:#}")),
     }
-    if plan.kind == Kind::Idle {
+    if storm {
         tokio::time::sleep(STORM_QUIET).await;
     }
     record

@@ -96,6 +96,11 @@ pub fn default_window(mode: Mode, clients: usize, senders: usize) -> u32 {
 /// duplicates, the server's pipes.
 const SPARE_DESCRIPTORS: u64 = 64;
 
+/// The most clients a run may connect with `limit` descriptors.
+pub fn most_clients(limit: u64) -> usize {
+    limit.saturating_sub(SPARE_DESCRIPTORS) as usize
+}
+
 /// Refuses a run that would run out of descriptors halfway through connecting.
 pub fn check_descriptors(clients: usize, limit: u64) -> anyhow::Result<()> {
     let needed = clients as u64 + SPARE_DESCRIPTORS;

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo build --release --workspace
-//! target/release/chat-bench compare            # about a minute; --quick: about 15 s
+//! target/release/chat-bench compare            # about 20 minutes; --quick: about 3
+//! target/release/chat-bench compare --only crowd   # poll against epoll as silent clients grow
 //! target/release/chat-bench run --addr 127.0.0.1:8080 --mode broadcast \
 //!     --clients 100 --senders 10 --messages 20000     # any running line-based chat server
 //! target/release/chat-bench soak --server v4-async --minutes 10   # PASS or FAIL
@@ -30,6 +31,9 @@
 //! - **The server's cost**, read from `/proc/PID` (see [`process`]): CPU seconds while the clock
 //!   ran (and so CPU per delivery), peak RSS, threads, resident memory per connected client.
 //! - **Connection storm**: the time from the first `connect` until every client is proven in.
+//! - **The crowd** (poll against epoll, SPEC 12): N clients of whom 10 talk at a steady pace,
+//!   N growing to what the descriptor limit allows; latency and server CPU per delivery show
+//!   what each turn of a loop pays for the silent ones.
 //!
 //! ## Why the numbers can be trusted
 //!

@@ -7,16 +7,19 @@ use std::path::Path;
 use anyhow::Context as _;
 
 use crate::load::{self, Mode};
-use crate::plans::{Kind, Plan};
+use crate::plans::{versions_for, Kind, Plan, CROWD_ECHO_RATE, CROWD_ROOM_RATE};
 use crate::results::{record_problem, Results, Summary};
-use crate::servers::VERSIONS;
-use crate::units::{bytes, kilobytes, micros, per_second};
+use crate::servers::{EPOLL_VERSIONS, VERSIONS};
+use crate::units::{bytes, kilobytes, micros, nanos, per_second};
 
 /// Writes results.json, results.md and the charts into `dir`.
 pub fn write_all(dir: &Path, results: &Results) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(results).context("cannot serialise the results")?;
     write(dir, "results.json", &json)?;
     write(dir, "results.md", &results_markdown(results))?;
+    if !results.crowd_plans().is_empty() {
+        write(dir, "crowd.md", &crowd_markdown(results))?;
+    }
     crate::charts::draw_all(dir, results)
 }
 
@@ -127,6 +130,33 @@ pub fn summary_table(results: &Results) -> String {
             )
         },
     );
+    // The crowd's poller rows: v2 and v3 as "poll / epoll", v4 (which waits with epoll) alone.
+    let crowd = results.crowd_plans();
+    for plan in [crowd.first(), crowd.last()].into_iter().flatten() {
+        let n = plan.clients;
+        let cost = |name: &str| {
+            cell(
+                results.crowd(name, n).and_then(|s| s.cpu_ns_per_delivery),
+                nanos,
+            )
+        };
+        let p99 = |name: &str| {
+            cell(
+                results.crowd(name, n).and_then(|s| s.latency_p99_us),
+                micros,
+            )
+        };
+        row(
+            format!("server CPU per delivery, crowd of {n} (poll / epoll)"),
+            &|v| pollers(v, &cost),
+        );
+        row(format!("latency p99, crowd of {n} (poll / epoll)"), &|v| {
+            pollers(v, &p99)
+        });
+        if crowd.len() == 1 {
+            break;
+        }
+    }
     row("lost / duplicated / out of order, all runs".into(), &|v| {
         let of_v = results.summary.iter().filter(|s| s.version == v);
         let (mut lost, mut dup, mut ooo, mut failed) = (0, 0, 0, 0);
@@ -155,6 +185,140 @@ pub fn summary_table(results: &Results) -> String {
         let _ = writeln!(out, "| {label} | {} |", values.join(" | "));
     }
     out
+}
+
+/// A crowd cell for version `v`: "poll / epoll" for v2 and v3, one value for v4, none for v1.
+fn pollers(v: &str, value: &dyn Fn(&str) -> String) -> String {
+    if let Some(epoll) = EPOLL_VERSIONS.iter().find(|e| e.binary == v) {
+        format!("{} / {}", value(v), value(epoll.name))
+    } else if versions_for(Kind::Crowd).iter().any(|c| c.name == v) {
+        value(v)
+    } else {
+        "-".to_owned()
+    }
+}
+
+/// What `compare` calls a crowd column: v2 and v3 say which poller.
+fn crowd_column(name: &str) -> String {
+    match VERSIONS.iter().find(|v| v.name == name) {
+        Some(v) if EPOLL_VERSIONS.iter().any(|e| e.binary == v.binary) => format!("{name} poll"),
+        _ => name.to_owned(),
+    }
+}
+
+/// The crowd as N grows: server CPU per delivery, then latency, one column per version and
+/// poller.
+pub fn crowd_tables(results: &Results) -> String {
+    let lineup = versions_for(Kind::Crowd);
+    let header = |first: &str| {
+        let mut out = format!("| {first} |");
+        for v in &lineup {
+            let _ = write!(out, " {} |", crowd_column(v.name));
+        }
+        out.push_str("\n|---|");
+        out.push_str(&"---|".repeat(lineup.len()));
+        out.push('\n');
+        out
+    };
+    let mut out =
+        String::from("Server CPU per delivery (an echo, or a line reaching one client):\n\n");
+    out.push_str(&header("clients (10 talking)"));
+    for plan in results.crowd_plans() {
+        let _ = write!(out, "| {} |", plan.clients);
+        for v in &lineup {
+            let cost = results
+                .crowd(v.name, plan.clients)
+                .and_then(|s| s.cpu_ns_per_delivery);
+            let _ = write!(out, " {} |", cell(cost, nanos));
+        }
+        out.push('\n');
+    }
+    out.push_str("\nLatency p50 / p99:\n\n");
+    out.push_str(&header("clients (10 talking)"));
+    for plan in results.crowd_plans() {
+        let _ = write!(out, "| {} |", plan.clients);
+        for v in &lineup {
+            let _ = write!(out, " {} |", p50_p99(results.crowd(v.name, plan.clients)));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// What the crowd is, and what limited it.
+fn crowd_description(results: &Results) -> String {
+    let mut out = format!(
+        "**crowd**: N clients connect and 10 of them talk on a fixed schedule for a few \
+         seconds; the other N-10 stay connected and silent. Against an echo server (v2) each \
+         of the 10 sends {CROWD_ECHO_RATE} lines/s and hears its echoes; in a room (v3, v4) \
+         each of the 10 sends {CROWD_ROOM_RATE} line/s to all N. Latency is measured from \
+         each line's scheduled time. Server CPU per delivery is the server's CPU time over \
+         the run divided by the lines delivered: with `poll`, every turn of the loop also \
+         pays for every silent client."
+    );
+    if let Some(cap) = &results.crowd_cap {
+        let _ = write!(
+            out,
+            " The largest crowd asked for was {} clients; it stopped at {} because chat-bench \
+             holds one descriptor per client and may open {} (its hard limit, \
+             `ulimit -Hn`), less a few for itself. A helper process holding half the \
+             clients would not get much further: the server holds one descriptor per client \
+             too, under the same limit.",
+            cap.wanted, cap.reached, cap.descriptors
+        );
+    }
+    out
+}
+
+/// `crowd.md`: the crowd alone, for the README and the v2 and v3 lessons.
+pub fn crowd_markdown(results: &Results) -> String {
+    let m = &results.machine;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# chat-bench compare: poll against epoll, {}\n",
+        results.started_utc
+    );
+    let repeats = results.crowd_plans().first().map_or(1, |p| p.repeats);
+    let _ = writeln!(
+        out,
+        "Machine: {} CPUs ({}), {} MB RAM, Linux {}. Each cell is the median of {repeats} \
+         run(s). Generated by `chat-bench compare --only crowd`.\n",
+        m.cpus, m.cpu_model, m.memory_mb, m.kernel
+    );
+    out.push_str(&crowd_description(results));
+    out.push_str("\n\n");
+    out.push_str(&crowd_tables(results));
+    let _ = writeln!(
+        out,
+        "\n![server CPU per delivery as the crowd grows](crowd.svg)"
+    );
+    let problems = problems(results, |r| r.workload == Kind::Crowd);
+    if !problems.is_empty() {
+        let _ = writeln!(out, "\n## Problems\n\n{}", problems.join("\n"));
+    }
+    out
+}
+
+/// One line per run that went wrong, among those `which` selects.
+fn problems(results: &Results, which: impl Fn(&crate::results::RunRecord) -> bool) -> Vec<String> {
+    results
+        .runs
+        .iter()
+        .filter(|r| which(r))
+        .filter_map(|r| {
+            let problem = record_problem(r)?;
+            let log = if r.server_log.is_empty() {
+                String::new()
+            } else {
+                format!(" Server log: `{}`", r.server_log.join(" / "))
+            };
+            Some(format!(
+                "- {} {:?} ({} clients) #{}: {problem}.{log}",
+                r.version, r.workload, r.clients, r.repeat
+            ))
+        })
+        .collect()
 }
 
 /// v4 over TLS beside plaintext v4: what the encryption and the handshakes cost.
@@ -229,6 +393,10 @@ fn workload_description(plan: &Plan) -> String {
             plan.rate.unwrap_or(0.0),
             f64::from(plan.messages) / plan.rate.unwrap_or(1.0)
         ),
+        Kind::Crowd => format!(
+            "**crowd of {}**: see \"poll against epoll\" above.",
+            plan.clients
+        ),
         Kind::Idle => format!(
             "**{}**: {} clients connect at once (256 connects in flight) and stay silent; \
              accepted-in is the time until every one was proven in, RSS per connection is \
@@ -258,6 +426,9 @@ pub fn results_markdown(results: &Results) -> String {
         results.duration_s
     );
     let _ = writeln!(out, "## The four models, measured\n");
+    if results.workloads.iter().all(|p| p.kind == Kind::Crowd) {
+        let _ = writeln!(out, "(Only the crowd was measured: see below.)");
+    }
     out.push_str(&summary_table(results));
     let _ = writeln!(
         out,
@@ -282,6 +453,13 @@ pub fn results_markdown(results: &Results) -> String {
                 .find(|p| p.kind == Kind::Idle)
                 .map_or(0, |p| p.clients)
         );
+    }
+    if !results.crowd_plans().is_empty() {
+        let _ = writeln!(out, "## poll against epoll: a crowd that mostly listens\n");
+        out.push_str(&crowd_description(results));
+        out.push_str("\n\n");
+        out.push_str(&crowd_tables(results));
+        out.push('\n');
     }
     let _ = writeln!(out, "Workloads:\n");
     for plan in &results.workloads {
@@ -350,22 +528,7 @@ pub fn results_markdown(results: &Results) -> String {
         );
     }
 
-    let problems: Vec<String> = results
-        .runs
-        .iter()
-        .filter_map(|r| {
-            let problem = record_problem(r)?;
-            let log = if r.server_log.is_empty() {
-                String::new()
-            } else {
-                format!(" Server log: `{}`", r.server_log.join(" / "))
-            };
-            Some(format!(
-                "- {} {:?} #{}: {problem}.{log}",
-                r.version, r.workload, r.repeat
-            ))
-        })
-        .collect();
+    let problems = problems(results, |_| true);
     if !problems.is_empty() {
         let _ = writeln!(out, "\n## Problems\n\n{}", problems.join("\n"));
     }
@@ -374,6 +537,7 @@ pub fn results_markdown(results: &Results) -> String {
         "\n## Charts\n\n![deliveries per second](throughput.svg)\n\n\
          ![latency percentiles, paced chat](latency-paced.svg)\n\n\
          ![latency percentiles, burst](latency-burst.svg)\n\n\
+         ![server CPU per delivery as the crowd grows](crowd.svg)\n\n\
          Every run, with every number, is in `results.json`."
     );
     out

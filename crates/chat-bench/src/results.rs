@@ -8,9 +8,8 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::load::RunReport;
-use crate::plans::{Kind, Plan, V4_TLS};
+use crate::plans::{versions_for, Kind, Plan, V4_TLS};
 use crate::report::error_banner;
-use crate::servers::VERSIONS;
 use crate::tally::LatencySummary;
 use crate::units::{bytes, kilobytes, micros, per_second};
 
@@ -19,6 +18,8 @@ use crate::units::{bytes, kilobytes, micros, per_second};
 pub struct RunRecord {
     pub version: String,
     pub workload: Kind,
+    /// Its size: the crowd runs one workload at several.
+    pub clients: usize,
     pub repeat: u32,
     pub report: Option<RunReport>,
     /// Why the run could not be measured (a limit hit, a server that did not start).
@@ -197,7 +198,18 @@ pub struct Results {
     /// v4 over TLS: its burst and its connection storm.
     pub tls_workloads: Vec<Plan>,
     pub tls_summary: Vec<Summary>,
+    /// Set when the crowd stopped short of its largest size for want of descriptors.
+    pub crowd_cap: Option<CrowdCap>,
     pub runs: Vec<RunRecord>,
+}
+
+/// A crowd smaller than asked for, and why: chat-bench holds one descriptor per client.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CrowdCap {
+    pub wanted: usize,
+    pub reached: usize,
+    /// What this process may open (its hard limit).
+    pub descriptors: u64,
 }
 
 impl Results {
@@ -207,14 +219,19 @@ impl Results {
         quick: bool,
         plans: &[Plan],
         tls_plans: &[Plan],
+        crowd_cap: Option<CrowdCap>,
         runs: Vec<RunRecord>,
     ) -> Results {
         let mut summary = Vec::new();
         for plan in plans {
-            for version in VERSIONS {
+            for version in versions_for(plan.kind) {
                 let of_this: Vec<&RunRecord> = runs
                     .iter()
-                    .filter(|r| r.workload == plan.kind && r.version == version.name)
+                    .filter(|r| {
+                        r.workload == plan.kind
+                            && r.clients == plan.clients
+                            && r.version == version.name
+                    })
                     .collect();
                 if !of_this.is_empty() {
                     summary.push(Summary::of(version.name, plan, &of_this));
@@ -240,8 +257,24 @@ impl Results {
             summary,
             tls_workloads: tls_plans.to_vec(),
             tls_summary,
+            crowd_cap,
             runs,
         }
+    }
+
+    /// The crowd's plans, smallest first.
+    pub fn crowd_plans(&self) -> Vec<&Plan> {
+        self.workloads
+            .iter()
+            .filter(|p| p.kind == Kind::Crowd)
+            .collect()
+    }
+
+    /// `version` in the crowd of `clients`.
+    pub fn crowd(&self, version: &str, clients: usize) -> Option<&Summary> {
+        self.summary
+            .iter()
+            .find(|s| s.version == version && s.workload == Kind::Crowd && s.clients == clients)
     }
 
     pub fn summary(&self, version: &str, kind: Kind) -> Option<&Summary> {

@@ -26,12 +26,18 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Server log lines kept per run, to explain a failure.
 const LOG_LINES_KEPT: usize = 20;
-/// One of the four servers.
+
+/// One of the four servers, or v2 or v3 waiting with epoll.
 #[derive(Debug, Clone, Copy)]
 pub struct Version {
+    /// What tables and records call it.
     pub name: &'static str,
+    /// Its release binary, beside chat-bench's.
+    pub binary: &'static str,
     pub model: &'static str,
     pub mode: Mode,
+    /// Arguments that make it this variant of its binary: `--poller epoll` (SPEC 12).
+    pub variant: &'static [&'static str],
     /// Arguments that turn off a limit that is a feature, not a cost to measure: v4's rate
     /// limit would drop a benchmark's lines (or a soak's) on purpose.
     pub unthrottle: &'static [&'static str],
@@ -52,6 +58,7 @@ impl Version {
             args.extend(["--announce-limit", "0"]);
         }
         args.extend(self.unthrottle);
+        args.extend(self.variant);
         args
     }
 }
@@ -60,27 +67,56 @@ impl Version {
 pub const VERSIONS: [Version; 4] = [
     Version {
         name: "v1-threads",
+        binary: "v1-threads",
         model: "one thread per client, blocking I/O",
         mode: Mode::Echo,
         unthrottle: &[],
+        variant: &[],
     },
     Version {
         name: "v2-select",
+        binary: "v2-select",
         model: "one thread, poll(2) loop",
         mode: Mode::Echo,
         unthrottle: &[],
+        variant: &[],
     },
     Version {
         name: "v3-broadcast",
+        binary: "v3-broadcast",
         model: "one thread, poll(2) loop, chat room",
         mode: Mode::Broadcast,
         unthrottle: &[],
+        variant: &[],
     },
     Version {
         name: "v4-async",
+        binary: "v4-async",
         model: "tokio: task per client + writer task",
         mode: Mode::Broadcast,
         unthrottle: &["--rate", "0"],
+        variant: &[],
+    },
+];
+
+/// v2 and v3 waiting with `epoll(7)` instead of `poll(2)` (`--poller epoll`, SPEC 12): the
+/// same binaries and loops, measured beside the versions above in the crowd workload.
+pub const EPOLL_VERSIONS: [Version; 2] = [
+    Version {
+        name: "v2-select epoll",
+        binary: "v2-select",
+        model: "one thread, epoll(7) loop",
+        mode: Mode::Echo,
+        unthrottle: &[],
+        variant: &["--poller", "epoll"],
+    },
+    Version {
+        name: "v3-broadcast epoll",
+        binary: "v3-broadcast",
+        model: "one thread, epoll(7) loop, chat room",
+        mode: Mode::Broadcast,
+        unthrottle: &[],
+        variant: &["--poller", "epoll"],
     },
 ];
 
@@ -242,19 +278,14 @@ fn release_dir(command: &str) -> anyhow::Result<PathBuf> {
     Ok(dir.to_owned())
 }
 
-/// Every version's release binary, or an error naming the missing ones.
-pub fn find_servers() -> anyhow::Result<Vec<(Version, PathBuf)>> {
+/// The folder that holds every version's release binary, or an error naming the missing ones.
+pub fn find_servers() -> anyhow::Result<PathBuf> {
     let dir = release_dir("compare")?;
-    let mut found = Vec::new();
-    let mut missing = Vec::new();
-    for version in VERSIONS {
-        let path = dir.join(version.name);
-        if path.is_file() {
-            found.push((version, path));
-        } else {
-            missing.push(version.name);
-        }
-    }
+    let missing: Vec<&str> = VERSIONS
+        .iter()
+        .map(|version| version.binary)
+        .filter(|binary| !dir.join(binary).is_file())
+        .collect();
     if !missing.is_empty() {
         bail!(
             "{} not found in {}: run `{RELEASE_BUILD}` first",
@@ -262,12 +293,12 @@ pub fn find_servers() -> anyhow::Result<Vec<(Version, PathBuf)>> {
             dir.display()
         );
     }
-    Ok(found)
+    Ok(dir)
 }
 
 /// One version's release binary, for `command`.
 pub fn find_server(version: &Version, command: &str) -> anyhow::Result<PathBuf> {
-    let path = release_dir(command)?.join(version.name);
+    let path = release_dir(command)?.join(version.binary);
     if !path.is_file() {
         bail!("{} not found: run `{RELEASE_BUILD}` first", path.display());
     }

@@ -34,6 +34,19 @@ pub fn micros(us: u64) -> String {
     }
 }
 
+/// `850 ns`, `12.3 µs`, `1.23 ms`: a cost per delivery.
+pub fn nanos(ns: f64) -> String {
+    if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 1e4 {
+        format!("{:.0} µs", ns / 1e3)
+    } else if ns >= 1e3 {
+        format!("{:.1} µs", ns / 1e3)
+    } else {
+        format!("{ns:.0} ns")
+    }
+}
+
 /// `12.3 MB` from kilobytes (the kernel's kB are KiB; so are these).
 pub fn kilobytes(kb: u64) -> String {
     bytes(kb as f64 * 1024.0)
@@ -64,5 +77,9 @@ mod tests {
         assert_eq!(micros(2_500_000), "2.50 s");
         assert_eq!(kilobytes(12_288), "12.0 MB");
         assert_eq!(bytes(2_150.0), "2.1 KB");
+        assert_eq!(nanos(850.0), "850 ns");
+        assert_eq!(nanos(12_345.0), "12 µs");
+        assert_eq!(nanos(1_234.0), "1.2 µs");
+        assert_eq!(nanos(1_234_567.0), "1.23 ms");
     }
 }
