@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo build --release --workspace
-//! target/release/chat-bench compare            # about 20 minutes; --quick: about 3
+//! target/release/chat-bench compare            # about 15 minutes; --quick: about 2
 //! target/release/chat-bench compare --only crowd   # poll against epoll as silent clients grow
 //! target/release/chat-bench run --addr 127.0.0.1:8080 --mode broadcast \
 //!     --clients 100 --senders 10 --messages 20000     # any running line-based chat server
