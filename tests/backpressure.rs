@@ -35,6 +35,12 @@ server_tests! {
 /// stall, and is still far shorter than a stopped or trickling reader holds the room.
 const PATIENT_STALL_MS: &str = "2000";
 
+/// `--stall-ms` for scenarios where every reader keeps reading, so none may be evicted: the
+/// longest the flag takes. Such a reader empties its queue in milliseconds, but while the whole
+/// workspace is tested on a loaded 2-core machine a test thread has waited more than two
+/// seconds for a CPU (a fast reader was evicted once at 2000 ms); no thread waits a minute.
+const NEVER_STALL_MS: &str = "60000";
+
 /// `--stall-ms` for scenarios that wait for a reader to be dropped: short, so they run fast.
 const SHORT_STALL_MS: &str = "200";
 
@@ -60,7 +66,7 @@ fn fast_readers_are_never_dropped_by_a_flood_of_short_lines(server: Server) {
     const WRITES: usize = 128;
     const LINES: usize = LINES_PER_WRITE * WRITES;
 
-    let running = server.start_unthrottled(&["--stall-ms", PATIENT_STALL_MS]);
+    let running = server.start_unthrottled(&["--stall-ms", NEVER_STALL_MS]);
     let [mut flooder, readers @ ..] = join::<{ READERS + 1 }>(&running);
     let name = flooder.addr();
     let hearing: Vec<JoinHandle<Client>> = readers
@@ -94,7 +100,7 @@ fn many_senders_of_long_and_short_lines_lose_nothing_and_drop_nobody(server: Ser
         }
     };
 
-    let running = server.start_unthrottled(&["--stall-ms", PATIENT_STALL_MS]);
+    let running = server.start_unthrottled(&["--stall-ms", NEVER_STALL_MS]);
     let clients = join::<{ SENDERS + READERS }>(&running);
     let addrs: Vec<SocketAddr> = clients.iter().map(Client::addr).collect();
     let senders = &addrs[..SENDERS];

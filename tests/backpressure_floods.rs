@@ -37,6 +37,12 @@ const EVICTED: &str = "held the room back";
 /// the room.
 const PATIENT_STALL_MS: &str = "2000";
 
+/// `--stall-ms` for scenarios where every reader keeps reading, so none may be evicted: the
+/// longest the flag takes. Such a reader empties its queue in milliseconds, but while the whole
+/// workspace is tested on a loaded 2-core machine a test thread has waited more than two
+/// seconds for a CPU (a fast reader was evicted once at 2000 ms); no thread waits a minute.
+const NEVER_STALL_MS: &str = "60000";
+
 /// A flood of this many one-character lines is about 12 MB for each receiver: three times what
 /// the socket buffers of a client that stopped reading hold on loopback (about 4 MB, most of it
 /// the server's send buffer), so its queue fills too.
@@ -171,12 +177,8 @@ fn fast_readers_are_never_evicted_while_ten_of_them_flood_one_character_lines(se
     const CLIENTS: usize = 11;
     const SENDERS: usize = 10;
     const FLOOD_BYTES: usize = 256 * 1024;
-    let running = server.start_unthrottled_quietly(&[
-        "--announce-limit",
-        "0",
-        "--stall-ms",
-        PATIENT_STALL_MS,
-    ]);
+    let running =
+        server.start_unthrottled_quietly(&["--announce-limit", "0", "--stall-ms", NEVER_STALL_MS]);
     let clients = join_room(&running, CLIENTS);
     let senders: Vec<usize> = (0..SENDERS).collect();
     flood_room(&clients, &senders, FLOOD_BYTES / 2);
@@ -197,12 +199,8 @@ fn one_flooder_of_short_lines_loses_nothing_for_four_fast_readers(server: Server
     const READERS: usize = 4;
     const LINES_PER_WRITE: usize = 8192;
     const WRITES: usize = 64;
-    let running = server.start_unthrottled_quietly(&[
-        "--announce-limit",
-        "0",
-        "--stall-ms",
-        PATIENT_STALL_MS,
-    ]);
+    let running =
+        server.start_unthrottled_quietly(&["--announce-limit", "0", "--stall-ms", NEVER_STALL_MS]);
     let clients = join_room(&running, READERS + 1);
     flood_room(&clients, &[READERS], LINES_PER_WRITE * WRITES);
     assert!(
