@@ -71,9 +71,17 @@ where
         let mut batch = match outbox.take_batch() {
             Batch::Chunks(chunks) => chunks,
             Batch::Empty => {
-                // What a TLS stream holds back for a fuller record goes out now; on TCP a no-op.
-                if socket.flush().await.is_err() {
-                    return WriterEnd::Failed;
+                // What a TLS stream (or a WebSocket) holds back for a fuller record goes out
+                // now; on TCP a no-op. A flush waits while the client does not read, so it must
+                // heed a stop too, or an evicted client's writer would wait on it forever.
+                tokio::select! {
+                    flushed = socket.flush() => if flushed.is_err() {
+                        return WriterEnd::Failed;
+                    },
+                    () = outbox.stopped.notified() => {
+                        let unsent = Vec::new();
+                        return WriterEnd::Stopped { socket, unsent };
+                    }
                 }
                 outbox.ready.notified().await;
                 continue;
