@@ -7,6 +7,7 @@
 
 pub mod client_process;
 pub mod tls;
+pub mod web;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};

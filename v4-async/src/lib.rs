@@ -106,6 +106,7 @@ pub mod room;
 pub mod session;
 pub mod shutdown;
 pub mod tls;
+pub mod web;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -115,6 +116,7 @@ use tokio::net::TcpListener;
 
 pub use crate::listeners::TlsListener;
 pub use crate::room::Room;
+pub use crate::web::WebListener;
 
 /// Everything the room needs to know from the command line (SPEC 2, 5, 13).
 #[derive(Debug, Clone)]
@@ -146,6 +148,8 @@ pub struct Listeners {
     pub plain: TcpListener,
     /// `--tls-addr`, if given.
     pub tls: Option<TlsListener>,
+    /// `--web-addr`, if given: the chat page and its WebSocket.
+    pub web: Option<WebListener>,
 }
 
 /// Serves one room on `listeners` until `shutdown` resolves, then says goodbye to everyone
@@ -158,13 +162,21 @@ pub async fn run(listeners: Listeners, config: &Config, shutdown: impl Future<Ou
             None => std::future::pending().await,
         }
     };
+    let web = async {
+        match &listeners.web {
+            Some(web) => web::accept_web(web, &room).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         // In a fixed order, not tokio's random one, so that who gets the last slot is
         // reproducible: a stop comes first, and when both listeners have connections waiting,
-        // the TLS ones (whose handshakes take longer to start) are admitted first.
+        // the TLS ones (whose handshakes take longer to start) are admitted first. A web
+        // connection takes its slot later, at its WebSocket handshake.
         biased;
         () = shutdown => {}
         () = tls => {}
+        () = web => {}
         () = listeners::accept_plain(&listeners.plain, &room) => {}
     }
     // Closing the listeners first: nobody new gets in while we say goodbye.

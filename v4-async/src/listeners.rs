@@ -19,8 +19,10 @@
 //! of refused connections gets the short answer: the notice if the socket takes it at once
 //! (plaintext only) and a close.
 //!
-//! A WebSocket listener (issue 11) will be one more of these, upgrading HTTP instead of
-//! handshaking TLS; the room and the sessions stay as they are.
+//! The web listener ([`crate::web`]) is one more of these: it upgrades an HTTP request to a
+//! WebSocket instead of handshaking TLS (or after it), takes the slot at the upgrade, and hands
+//! the WebSocket, as a byte stream of lines, to [`welcome`]; the room and the sessions stay as
+//! they are.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,7 +45,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// the notice, a drain). Each holds a descriptor for up to a second (plus its handshake on
 /// TLS), so without a bound a storm of refused connections could take every descriptor the
 /// process has; 256 is far more than a class ever sends at once.
-const TURNING_AWAY_MAX: usize = 256;
+pub(crate) const TURNING_AWAY_MAX: usize = 256;
 
 /// A bound TLS listener and the certificate it presents.
 pub struct TlsListener {
@@ -64,7 +66,7 @@ impl std::fmt::Debug for TlsListener {
 }
 
 /// The next connection, with Nagle's delay off. An `accept` error never ends the server.
-async fn next_connection(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+pub(crate) async fn next_connection(listener: &TcpListener) -> (TcpStream, SocketAddr) {
     loop {
         match listener.accept().await {
             Ok((socket, addr)) => {
@@ -151,8 +153,9 @@ pub async fn accept_tls(tls: &TlsListener, room: &Arc<Room>) {
     }
 }
 
-/// Starts the session of a connection that has its byte stream, or turns it away.
-async fn welcome<S>(
+/// Starts the session of a connection that has its byte stream, or turns it away: the same
+/// for TCP, TLS and WebSocket ([`crate::web`]) connections.
+pub(crate) async fn welcome<S>(
     room: Arc<Room>,
     admission: Result<Admission, Refusal>,
     addr: SocketAddr,

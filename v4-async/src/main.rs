@@ -5,6 +5,7 @@
 //! telnet 127.0.0.1 8080          # in several terminals; or: cargo run -p client
 //! cargo run -p v4-async -- --tls-addr 127.0.0.1:8443 --tls-self-signed
 //! cargo run -p client -- --tls 127.0.0.1:8443 --fingerprint sha256:...   # from the `tls on` line
+//! cargo run -p v4-async -- --web-addr 127.0.0.1:8090   # and a chat page at http://127.0.0.1:8090/
 //! ```
 //!
 //! This file only parses the command line, binds the listeners and hands them to the library;
@@ -25,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use v4_async::shutdown::ShutdownSignals;
 use v4_async::tls::{CertSource, Identity};
-use v4_async::{Config, Listeners, TlsListener};
+use v4_async::{Config, Listeners, TlsListener, WebListener};
 
 /// Default `--history`: enough recent lines for a newcomer to pick up the thread.
 const HISTORY_DEFAULT: usize = 20;
@@ -112,6 +113,15 @@ struct Cli {
     #[arg(long, value_name = "MS", default_value_t = TLS_HANDSHAKE_TIMEOUT_DEFAULT_MS,
           value_parser = in_range(TLS_HANDSHAKE_TIMEOUT_RANGE_MS))]
     tls_handshake_timeout_ms: u64,
+
+    /// Also serve the chat page and its WebSocket here (HTTPS and WSS with the TLS certificate).
+    #[arg(long, value_name = "HOST:PORT", value_parser = addr_arg)]
+    web_addr: Option<SocketAddr>,
+
+    /// Another origin whose pages may open the WebSocket, e.g. https://chat.example.org
+    /// (repeatable; the page's own origin always may).
+    #[arg(long, value_name = "ORIGIN", value_parser = web_origin)]
+    web_origin: Vec<String>,
 }
 
 impl Cli {
@@ -165,6 +175,21 @@ fn lines_per_second(input: &str) -> Result<f64, String> {
     }
 }
 
+/// `--web-origin`: `scheme://host[:port]` as a browser sends it in `Origin` (a trailing `/` is
+/// dropped), so that it can be compared with one.
+fn web_origin(input: &str) -> Result<String, String> {
+    let origin = input.trim().trim_end_matches('/');
+    let rest = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains('/') => Ok(origin.to_owned()),
+        _ => Err(format!(
+            "\"{input}\" is not an origin: give http://HOST[:PORT] or https://HOST[:PORT]"
+        )),
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     let _log = startup::init_logging();
@@ -207,10 +232,31 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let web = match cli.web_addr {
+        Some(addr) => {
+            let listener = tokio_listener(startup::bind_listener(addr)?)?;
+            let bound = listener
+                .local_addr()
+                .context("cannot read the web listening address")?;
+            let tls = tls.as_ref().map(|tls| {
+                let handshake_timeout = Duration::from_millis(cli.tls_handshake_timeout_ms);
+                (tls.acceptor.clone(), handshake_timeout)
+            });
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            tracing::info!("web on {scheme}://{bound}/");
+            Some(WebListener {
+                listener,
+                tls,
+                origins: cli.web_origin.clone(),
+            })
+        }
+        None => None,
+    };
     startup::log_listening("v4-async", &plain)?;
     let listeners = Listeners {
         plain: tokio_listener(plain)?,
         tls,
+        web,
     };
     let shutdown = async {
         let signal = signals.first().await;
