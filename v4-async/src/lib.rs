@@ -4,6 +4,7 @@
 //! cargo run -p v4-async          # listens on 127.0.0.1:8080
 //! telnet 127.0.0.1 8080          # in several terminals; or: cargo run -p client
 //! cargo run -p v4-async -- --tls-addr 127.0.0.1:8443 --tls-self-signed   # and TLS beside it
+//! cargo run -p v4-async -- --web-addr 127.0.0.1:8090   # and a chat page: http://127.0.0.1:8090/
 //! ```
 //!
 //! **The model.** An accept loop admits each connection into the room and spawns one task per
@@ -24,8 +25,8 @@
 //! ## Reading order
 //!
 //! v4 is a library with a thin binary (`main.rs` parses flags and calls [`run`]), so that the
-//! room serves any transport: plaintext TCP and TLS today, a WebSocket or a bridge to other
-//! servers later, without a copy of the room. Read it in this order:
+//! room serves any transport: plaintext TCP, TLS and a browser's WebSocket today, a bridge to
+//! other servers later, without a copy of the room. Read it in this order:
 //!
 //! 1. [`room`]: who is in the room, the one lock that orders it, and the backpressure: a reader
 //!    reads only what every other member's queue has room for.
@@ -36,8 +37,11 @@
 //! 4. [`listeners`]: plaintext and TLS accept loops; a slot from accept on, a TLS handshake
 //!    within its timeout, refusals told over the connection's own transport.
 //! 5. [`tls`]: the certificate (files or self-signed) and the rustls configuration.
-//! 6. [`shutdown`]: Ctrl-C, SIGTERM and SIGHUP, and the goodbye.
-//! 7. The two features with a state of their own: `history` (what a newcomer is replayed) and
+//! 6. [`web`]: the chat page and its WebSocket (`--web-addr`); [`web::lines`] turns a
+//!    WebSocket into the byte stream of lines a session reads, so a browser is a member like
+//!    any other, and the page itself (`web/page/app.js`) says how it talks to the server.
+//! 7. [`shutdown`]: Ctrl-C, SIGTERM and SIGHUP, and the goodbye.
+//! 8. The two features with a state of their own: `history` (what a newcomer is replayed) and
 //!    `rate` (the token bucket behind `--rate`).
 //!
 //! ## What changed since v3
@@ -65,8 +69,8 @@
 //!   room they read into ([`room`]).
 //! - **Eviction after `--stall-ms`.** A queue that holds the readers back for `--stall-ms` in a
 //!   row is evicted with `* error: too slow, disconnected` ([`outbox`]).
-//! - **The chat.** Nicknames, commands, history, rate limits, idle timeouts, TLS and a graceful
-//!   shutdown.
+//! - **The chat.** Nicknames, commands, history, rate limits, idle timeouts, TLS, a chat page
+//!   for browsers and a graceful shutdown.
 //!
 //! ## What it costs
 //!
@@ -86,12 +90,15 @@
 //! always fits in the newcomer's queue with room left for the live chat. `--idle-timeout`
 //! counts only a complete line with something in it as speaking. `--max-clients` and
 //! `--max-per-ip` count a connection from accept on, on every listener, TLS handshakes
-//! included (this machine is exempt from `--max-per-ip`, so a class or a benchmark still can
-//! connect many times). A connection turned away, or closed as too slow or idle, gets its
-//! notice, then our end of stream (a FIN; on TLS a close_notify first), and its own bytes are
-//! read and dropped for a moment before the close, because closing over unread input resets
-//! the connection and can destroy the notice ([`session::close_with_notice`]). No client can
-//! make the others see a notice the server did not send: the words that start notices are
+//! included, and a WebSocket from its handshake on (this machine is exempt from
+//! `--max-per-ip`, so a class or a benchmark still can connect many times); the web
+//! listener's plain HTTP connections, and its WebSocket messages and buffers, have bounds of
+//! their own ([`web`]). A connection turned away, or closed as too slow or idle, gets its
+//! notice, then our end of stream (a FIN; on TLS a close_notify first; on a WebSocket a close
+//! frame), and its own bytes are read and dropped for a moment before the close, because
+//! closing over unread input resets the connection and can destroy the notice
+//! ([`session::close_with_notice`]). No client can make the others see a notice the server
+//! did not send: the words that start notices are
 //! nobody's nickname, and a `/me` that would read as a join, a leave or a rename is refused.
 
 // The lesson links private items too: it is read whole, with
