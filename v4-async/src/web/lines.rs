@@ -347,17 +347,22 @@ impl AsyncRead for WebSocketLines {
         let this = self.get_mut();
         let waker = this.register(cx, Task::Reader);
         let mut cx = Context::from_waker(&waker);
+        // Every message already here, as far as `buf` has room: like a TCP read, one read may
+        // hold many lines, which the session then relays as one chunk.
+        let start = buf.filled().len();
         loop {
             if !this.incoming.is_empty() {
                 let n = this.incoming.len().min(buf.remaining());
                 buf.put_slice(&this.incoming[..n]);
                 this.incoming.advance(n);
+            }
+            if !this.incoming.is_empty() || buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            if this.newline_owed && buf.remaining() > 0 {
+            if this.newline_owed {
                 this.newline_owed = false;
                 buf.put_slice(b"\n");
-                return Poll::Ready(Ok(()));
+                continue;
             }
             if !this.read_ended && !this.keep_alive(&mut cx) {
                 tracing::info!(
@@ -373,6 +378,7 @@ impl AsyncRead for WebSocketLines {
                 return Poll::Ready(Ok(()));
             }
             let message = match Pin::new(&mut this.socket).poll_next(&mut cx) {
+                Poll::Pending if buf.filled().len() > start => return Poll::Ready(Ok(())),
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
                     this.read_ended = true;
