@@ -269,6 +269,7 @@ async fn run_one(
         process: Some(server.process()),
         // Measuring only: chat-bench started this server with a certificate of its own.
         tls: tls_addr.map(|_| Tls::new(None)),
+        ws: false,
     };
     let outcome = load::run(plan.workload(version.mode), target, progress).await;
     // The server goes first, so that it, not chat-bench, holds the TIME_WAIT sockets and

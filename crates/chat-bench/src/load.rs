@@ -51,6 +51,7 @@ use crate::progress::Progress;
 use crate::tally::{new_latencies, LatencySummary, ReceiverTally, Totals, LATENCY_UNIT_NANOS};
 use crate::tls::Tls;
 use crate::token::{for_each_token, write_token, Kind, RunTag, Token, CLIENTS_MAX, TOKEN_LEN};
+use crate::ws::WsLines;
 
 /// The most a receiver reads at once. Big reads are what keep the generator ahead of a fast
 /// server: one system call and one clock read for over a thousand lines.
@@ -270,13 +271,16 @@ pub struct Target {
     pub process: Option<Process>,
     /// Speak TLS to it, trusting as this says (measuring only, see [`crate::tls`]).
     pub tls: Option<Tls>,
+    /// Join through its WebSocket (`ws://ADDR/ws`, SPEC 9) instead of a line per TCP write.
+    pub ws: bool,
 }
 
-/// The reading half of a client's connection: plain TCP, or TLS over TCP.
+/// The reading half of a client's connection: plain TCP, TLS over TCP, or a WebSocket.
 #[derive(Debug)]
 pub enum ReadSide {
     Plain(OwnedReadHalf),
     Tls(tokio::io::ReadHalf<TlsStream<TcpStream>>),
+    Ws(tokio::io::ReadHalf<WsLines>),
 }
 
 /// The writing half of a client's connection: plain TCP, or TLS over TCP. TLS holds a write's
@@ -285,6 +289,7 @@ pub enum ReadSide {
 pub enum WriteSide {
     Plain(OwnedWriteHalf),
     Tls(tokio::io::WriteHalf<TlsStream<TcpStream>>),
+    Ws(tokio::io::WriteHalf<WsLines>),
 }
 
 impl AsyncRead for ReadSide {
@@ -296,6 +301,7 @@ impl AsyncRead for ReadSide {
         match self.get_mut() {
             ReadSide::Plain(half) => Pin::new(half).poll_read(cx, buf),
             ReadSide::Tls(half) => Pin::new(half).poll_read(cx, buf),
+            ReadSide::Ws(half) => Pin::new(half).poll_read(cx, buf),
         }
     }
 }
@@ -309,6 +315,7 @@ impl AsyncWrite for WriteSide {
         match self.get_mut() {
             WriteSide::Plain(half) => Pin::new(half).poll_write(cx, buf),
             WriteSide::Tls(half) => Pin::new(half).poll_write(cx, buf),
+            WriteSide::Ws(half) => Pin::new(half).poll_write(cx, buf),
         }
     }
 
@@ -316,6 +323,7 @@ impl AsyncWrite for WriteSide {
         match self.get_mut() {
             WriteSide::Plain(half) => Pin::new(half).poll_flush(cx),
             WriteSide::Tls(half) => Pin::new(half).poll_flush(cx),
+            WriteSide::Ws(half) => Pin::new(half).poll_flush(cx),
         }
     }
 
@@ -323,6 +331,7 @@ impl AsyncWrite for WriteSide {
         match self.get_mut() {
             WriteSide::Plain(half) => Pin::new(half).poll_shutdown(cx),
             WriteSide::Tls(half) => Pin::new(half).poll_shutdown(cx),
+            WriteSide::Ws(half) => Pin::new(half).poll_shutdown(cx),
         }
     }
 }
@@ -1148,6 +1157,13 @@ async fn connect_client(
     // Small lines, each one awaited by someone: never hold them back for Nagle.
     stream.set_nodelay(true)?;
     let (reader, mut writer) = match &target.tls {
+        None if target.ws => {
+            let stream = WsLines::connect(stream, target.addr)
+                .await
+                .context("WebSocket handshake")?;
+            let (reader, writer) = tokio::io::split(stream);
+            (ReadSide::Ws(reader), WriteSide::Ws(writer))
+        }
         None => {
             let (reader, writer) = stream.into_split();
             (ReadSide::Plain(reader), WriteSide::Plain(writer))

@@ -8,13 +8,15 @@
 //!     --clients 100 --senders 10 --messages 20000     # any running line-based chat server
 //! target/release/chat-bench soak --server v4-async --minutes 10   # PASS or FAIL
 //! target/release/chat-bench run --addr 127.0.0.1:8443 --tls --fingerprint sha256:...  # over TLS
+//! target/release/chat-bench run --addr 127.0.0.1:8090 --ws   # v4's --web-addr, over WebSocket
 //! ```
 //!
 //! `compare` starts each server itself (port 0, `RUST_LOG=warn`), drives real TCP clients at
 //! it, and writes `bench-results/<time>/`: `results.md` (the README's table with numbers),
 //! `results.json` (every run) and SVG charts. `run` measures one workload against a server
 //! that is already running, ours or anyone's (`--hello` for one that asks for a name first;
-//! `--tls` for a TLS listener, for measuring only: see [`tls`]).
+//! `--tls` for a TLS listener, for measuring only: see [`tls`]; `--ws` for v4's WebSocket, see
+//! [`ws`]).
 //! `soak` runs one server for minutes under well-behaved, flooding, non-reading and churning
 //! clients at once, and judges it: nothing lost, no well-behaved client evicted, memory and
 //! descriptors flat (see [`soak`]).
@@ -76,7 +78,8 @@
 // The modules, from the bottom up: each one uses only modules above it in this list, so it can
 // be read knowing only those.
 //
-//   units, token, tls, process, progress   numbers in words, the token, TLS, /proc, the display
+//   units, token, tls, ws, process,        numbers in words, the token, TLS, WebSocket, /proc,
+//   progress                               the display
 //   tally                                  one receiver's ledger and latencies
 //   load                                   a workload against a server: connect, send, count
 //   report                                 one run in words (`run`'s summary, its warning)
@@ -101,6 +104,7 @@ mod tally;
 mod tls;
 mod token;
 mod units;
+mod ws;
 
 use std::net::SocketAddr;
 
@@ -193,6 +197,11 @@ struct RunArgs {
     #[arg(long, requires = "tls")]
     tls_insecure: bool,
 
+    /// Join through the server's WebSocket (v4's --web-addr: give it as --addr): one text
+    /// message per line (burst and connect workloads).
+    #[arg(long, conflicts_with = "tls")]
+    ws: bool,
+
     /// Print the measurements as JSON on stdout instead of a summary.
     #[arg(long)]
     json: bool,
@@ -251,13 +260,14 @@ async fn run(args: RunArgs, descriptors: u64) -> anyhow::Result<i32> {
         }
         (true, pin, _) => Some(tls::Tls::new(pin)),
     };
-    if tls.is_some() && workload.rate.is_some() {
-        bail!("paced runs (--rate) speak plaintext only; drop --tls or --rate");
+    if (tls.is_some() || args.ws) && workload.rate.is_some() {
+        bail!("paced runs (--rate) speak plaintext TCP only; drop --tls or --ws, or --rate");
     }
     let target = Target {
         addr: args.addr,
         process: args.server_pid.map(|pid| Process { pid }),
         tls,
+        ws: args.ws,
     };
     let progress = Progress::new(None);
     progress.start_run(format!("chat-bench run against {}", args.addr));

@@ -183,6 +183,25 @@ fn a_run_over_tls_counts_every_delivery_once() {
 }
 
 #[test]
+fn a_run_over_websocket_counts_every_delivery_once() {
+    let v4 = Server::V4Async.start(&["--rate", "0", "--web-addr", "127.0.0.1:0"]);
+    let output = Command::new(env!("CARGO_BIN_EXE_chat-bench"))
+        .args([
+            "run",
+            "--json",
+            "--ws",
+            "--addr",
+            &v4.web_addr().to_string(),
+        ])
+        .args(["--clients", "5", "--senders", "2", "--messages", "50"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run chat-bench");
+    // 2 senders x 50 lines x 4 other clients, each line one WebSocket message.
+    assert_clean(&report(&output), 400);
+}
+
+#[test]
 fn a_run_over_tls_with_the_wrong_fingerprint_fails_in_one_sentence() {
     let v4 = Server::V4Async.start(&["--tls-addr", "127.0.0.1:0", "--tls-self-signed"]);
     let tls = v4.tls_listener();
