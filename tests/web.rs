@@ -1,14 +1,14 @@
 //! The web page and WebSocket (SPEC 9): v4 serves a page and a WebSocket beside its TCP
 //! listener, and a WebSocket user is a member of the same room, under the same rules.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sock_chat_tests::web::{free_web_addr, http_get, WsClient};
-use sock_chat_tests::{chat_line, Client, Running, Server};
+use sock_chat_tests::{chat_line, Client, Running, Server, DEADLINE};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
@@ -349,4 +349,41 @@ fn a_closed_websocket_leaves_the_room() {
         ws_member(web).close();
     }
     running.expect_fds_at_most(before);
+}
+
+#[test]
+fn with_a_certificate_the_web_listener_serves_https_with_it() {
+    let running = Server::V4Async.start(&[
+        "--tls-addr",
+        "127.0.0.1:0",
+        "--tls-self-signed",
+        "--web-addr",
+        "127.0.0.1:0",
+    ]);
+    let tls = running.tls_listener();
+    let line = running.expect_log("web on ");
+    let web: SocketAddr = line
+        .split("web on https://")
+        .nth(1)
+        .and_then(|rest| rest.strip_suffix('/'))
+        .unwrap_or_else(|| panic!("no https:// in {line:?}"))
+        .parse()
+        .unwrap();
+    // The same certificate as the TLS listener: pinned by the `tls on` line's fingerprint.
+    let pin = chat_protocol::fingerprint::parse(&tls.fingerprint).unwrap();
+    let config = chat_protocol::pin::PinnedCertificate::new(pin).client_config();
+    let name = rustls::pki_types::ServerName::IpAddress(web.ip().into());
+    let connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let tcp = std::net::TcpStream::connect(web).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut stream = rustls::StreamOwned::new(connection, tcp);
+    write!(
+        stream,
+        "GET /healthz HTTP/1.1\r\nHost: {web}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(answer.ends_with("\r\n\r\nok"), "{answer:?}");
 }
