@@ -22,7 +22,9 @@ use anyhow::Context as _;
 
 use crate::load::{self, Target};
 use crate::markdown;
-use crate::plans::{crowd_plans, plans, tls_plans, versions_for, Kind, Plan, V4_TLS};
+use crate::plans::{
+    crowd_plans, plans, tls_plans, versions_for, ws_plans, Kind, Plan, V4_TLS, V4_WS,
+};
 use crate::progress::Progress;
 use crate::results::{self, record_problem, run_line, CrowdCap, Results, RunRecord};
 use crate::servers::{find_servers, Server, Version};
@@ -56,6 +58,8 @@ enum Transport {
     Plain,
     /// On a `--tls-addr` beside the plaintext listener, with a self-signed certificate.
     Tls,
+    /// On the `--web-addr` WebSocket beside the plaintext listener, a message per line.
+    Ws,
 }
 
 /// `chat-bench compare`.
@@ -92,12 +96,18 @@ pub async fn compare(args: Args, descriptors: u64) -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
+    let ws_plans = if args.only.is_empty() {
+        ws_plans(args.quick)
+    } else {
+        Vec::new()
+    };
     let v4 = Version::named("v4-async").context("v4-async is one of the versions")?;
     let total_runs: u32 = plans
         .iter()
         .map(|p| p.repeats * versions_for(p.kind).len() as u32)
         .sum::<u32>()
-        + tls_plans.iter().map(|p| p.repeats).sum::<u32>();
+        + tls_plans.iter().map(|p| p.repeats).sum::<u32>()
+        + ws_plans.iter().map(|p| p.repeats).sum::<u32>();
     let progress = Progress::new(Some(u64::from(total_runs)));
     let clock = Instant::now();
     let mut runs = Vec::new();
@@ -148,6 +158,21 @@ pub async fn compare(args: Args, descriptors: u64) -> anyhow::Result<()> {
             .await;
             note_run(&progress, &name, record, &mut runs);
         }
+        for plan in ws_plans.iter().filter(|p| repeat < p.repeats) {
+            let name = format!("{V4_WS} {} ({} clients)", plan.title, plan.clients);
+            progress.start_run(name.clone());
+            let record = run_one(
+                &v4,
+                &servers.join(v4.binary),
+                plan,
+                repeat,
+                max_clients,
+                Transport::Ws,
+                &progress,
+            )
+            .await;
+            note_run(&progress, &name, record, &mut runs);
+        }
     }
     progress.finish();
 
@@ -157,6 +182,7 @@ pub async fn compare(args: Args, descriptors: u64) -> anyhow::Result<()> {
         args.quick,
         &plans,
         &tls_plans,
+        &ws_plans,
         crowd_cap,
         runs,
     );
@@ -164,7 +190,7 @@ pub async fn compare(args: Args, descriptors: u64) -> anyhow::Result<()> {
     if plans.iter().any(|p| p.kind != Kind::Crowd) {
         println!("{}", markdown::summary_table(&results));
     }
-    if !results.tls_summary.is_empty() {
+    if !results.tls_summary.is_empty() || !results.ws_summary.is_empty() {
         println!("{}", markdown::tls_table(&results));
     }
     if !results.crowd_plans().is_empty() {
@@ -224,6 +250,7 @@ async fn run_one(
         version: match transport {
             Transport::Plain => version.name.to_owned(),
             Transport::Tls => V4_TLS.to_owned(),
+            Transport::Ws => V4_WS.to_owned(),
         },
         workload: plan.kind,
         clients: plan.clients,
@@ -241,8 +268,22 @@ async fn run_one(
         .into_iter()
         .map(str::to_owned)
         .collect();
+    let web_addr = match transport {
+        Transport::Ws => match free_port() {
+            Ok(port) => {
+                let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                args.extend(["--web-addr".into(), addr.to_string()]);
+                Some(addr)
+            }
+            Err(error) => {
+                record.error = Some(format!("{error:#}"));
+                return record;
+            }
+        },
+        _ => None,
+    };
     let tls_addr = match transport {
-        Transport::Plain => None,
+        Transport::Plain | Transport::Ws => None,
         Transport::Tls => match free_port() {
             Ok(port) => {
                 let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -265,11 +306,11 @@ async fn run_one(
         }
     };
     let target = Target {
-        addr: tls_addr.unwrap_or(server.addr),
+        addr: tls_addr.or(web_addr).unwrap_or(server.addr),
         process: Some(server.process()),
         // Measuring only: chat-bench started this server with a certificate of its own.
         tls: tls_addr.map(|_| Tls::new(None)),
-        ws: false,
+        ws: web_addr.is_some(),
     };
     let outcome = load::run(plan.workload(version.mode), target, progress).await;
     // The server goes first, so that it, not chat-bench, holds the TIME_WAIT sockets and

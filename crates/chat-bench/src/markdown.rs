@@ -321,9 +321,11 @@ fn problems(results: &Results, which: impl Fn(&crate::results::RunRecord) -> boo
         .collect()
 }
 
-/// v4 over TLS beside plaintext v4: what the encryption and the handshakes cost.
+/// v4 over TLS and over WebSocket beside plaintext v4: what the encryption and the handshakes
+/// cost, and what a frame per line costs.
 pub fn tls_table(results: &Results) -> String {
     let tls = |kind| results.tls_summary.iter().find(|s| s.workload == kind);
+    let ws = |kind| results.ws_summary.iter().find(|s| s.workload == kind);
     let plain = |kind| results.summary("v4-async", kind);
     let burst = results
         .tls_workloads
@@ -335,19 +337,23 @@ pub fn tls_table(results: &Results) -> String {
         .iter()
         .find(|p| p.kind == Kind::Idle)
         .map_or(0, |p| p.clients);
-    let mut out = String::from("| | v4-async | v4-async over TLS |\n|---|---|---|\n");
+    let mut out = String::from(
+        "| | v4-async | v4-async over TLS | v4-async over WebSocket |\n|---|---|---|---|\n",
+    );
     let rate = |s: Option<&Summary>| cell(s.and_then(|s| s.deliveries_per_s), per_second);
     let _ = writeln!(
         out,
-        "| deliveries/s, burst, {burst} clients | {} | {} |",
+        "| deliveries/s, burst, {burst} clients | {} | {} | {} |",
         rate(plain(Kind::Burst)),
-        rate(tls(Kind::Burst))
+        rate(tls(Kind::Burst)),
+        rate(ws(Kind::Burst))
     );
     let _ = writeln!(
         out,
-        "| latency p50 / p99, burst, {burst} clients | {} | {} |",
+        "| latency p50 / p99, burst, {burst} clients | {} | {} | {} |",
         p50_p99(plain(Kind::Burst)),
-        p50_p99(tls(Kind::Burst))
+        p50_p99(tls(Kind::Burst)),
+        p50_p99(ws(Kind::Burst))
     );
     let cpu = |s: Option<&Summary>| {
         cell(s.and_then(|s| s.cpu_ns_per_delivery), |ns| {
@@ -356,13 +362,14 @@ pub fn tls_table(results: &Results) -> String {
     };
     let _ = writeln!(
         out,
-        "| server CPU per delivery, burst, {burst} clients | {} | {} |",
+        "| server CPU per delivery, burst, {burst} clients | {} | {} | {} |",
         cpu(plain(Kind::Burst)),
-        cpu(tls(Kind::Burst))
+        cpu(tls(Kind::Burst)),
+        cpu(ws(Kind::Burst))
     );
     let _ = writeln!(
         out,
-        "| {storm} clients connected and in (TLS: handshakes included) | - | {} |",
+        "| {storm} clients connected and in (TLS: handshakes included) | - | {} | - |",
         cell(tls(Kind::Idle).and_then(|s| s.accept_ms), |ms| format!(
             "{ms:.0} ms"
         ))
@@ -439,14 +446,16 @@ pub fn results_markdown(results: &Results) -> String {
          flight (the senders' windows) divided by the rate; its spread (p99 against p50) shows \
          how evenly the server serves its clients.\n"
     );
-    if !results.tls_summary.is_empty() {
-        let _ = writeln!(out, "## v4 over TLS\n");
+    if !results.tls_summary.is_empty() || !results.ws_summary.is_empty() {
+        let _ = writeln!(out, "## v4 over TLS and over WebSocket\n");
         out.push_str(&tls_table(results));
         let _ = writeln!(
             out,
             "\nThe same burst against v4's TLS listener (TLS 1.3, rustls with ring, a self-signed \
              certificate), and {} clients connecting at once, 256 at a time, each with a full \
-             handshake: the time until every one was proven in the room.\n",
+             handshake: the time until every one was proven in the room. Over WebSocket, the \
+             same burst with every client on v4's `--web-addr` WebSocket, each line one \
+             message.\n",
             results
                 .tls_workloads
                 .iter()

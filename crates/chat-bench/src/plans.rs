@@ -161,6 +161,18 @@ pub fn crowd_plans(quick: bool, most_clients: usize) -> (Vec<Plan>, Option<usize
 /// What `compare` calls v4 over TLS in its records and tables.
 pub const V4_TLS: &str = "v4-async over TLS";
 
+/// What `compare` calls v4 with every client on its WebSocket (SPEC 9).
+pub const V4_WS: &str = "v4-async over WebSocket";
+
+/// The WebSocket row's workload: the burst of [`plans`], every client a WebSocket, every line
+/// one message.
+pub fn ws_plans(quick: bool) -> Vec<Plan> {
+    plans(quick)
+        .into_iter()
+        .filter(|p| p.kind == Kind::Burst)
+        .collect()
+}
+
 /// How many clients connect at once, each with a TLS handshake, in the TLS row.
 const TLS_STORM_CLIENTS: usize = 1000;
 

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::load::RunReport;
-use crate::plans::{versions_for, Kind, Plan, V4_TLS};
+use crate::plans::{versions_for, Kind, Plan, V4_TLS, V4_WS};
 use crate::report::error_banner;
 use crate::tally::LatencySummary;
 use crate::units::{bytes, kilobytes, micros, per_second};
@@ -198,6 +198,9 @@ pub struct Results {
     /// v4 over TLS: its burst and its connection storm.
     pub tls_workloads: Vec<Plan>,
     pub tls_summary: Vec<Summary>,
+    /// v4 with every client on its WebSocket: its burst.
+    pub ws_workloads: Vec<Plan>,
+    pub ws_summary: Vec<Summary>,
     /// Set when the crowd stopped short of its largest size for want of descriptors.
     pub crowd_cap: Option<CrowdCap>,
     pub runs: Vec<RunRecord>,
@@ -213,12 +216,14 @@ pub struct CrowdCap {
 }
 
 impl Results {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         started: SystemTime,
         duration_s: f64,
         quick: bool,
         plans: &[Plan],
         tls_plans: &[Plan],
+        ws_plans: &[Plan],
         crowd_cap: Option<CrowdCap>,
         runs: Vec<RunRecord>,
     ) -> Results {
@@ -248,6 +253,16 @@ impl Results {
                 tls_summary.push(Summary::of(V4_TLS, plan, &of_this));
             }
         }
+        let mut ws_summary = Vec::new();
+        for plan in ws_plans {
+            let of_this: Vec<&RunRecord> = runs
+                .iter()
+                .filter(|r| r.workload == plan.kind && r.version == V4_WS)
+                .collect();
+            if !of_this.is_empty() {
+                ws_summary.push(Summary::of(V4_WS, plan, &of_this));
+            }
+        }
         Results {
             started_utc: utc_text(started),
             duration_s,
@@ -257,6 +272,8 @@ impl Results {
             summary,
             tls_workloads: tls_plans.to_vec(),
             tls_summary,
+            ws_workloads: ws_plans.to_vec(),
+            ws_summary,
             crowd_cap,
             runs,
         }
