@@ -43,6 +43,8 @@
 //! 7. [`shutdown`]: Ctrl-C, SIGTERM and SIGHUP, and the goodbye.
 //! 8. The two features with a state of their own: `history` (what a newcomer is replayed) and
 //!    `rate` (the token bucket behind `--rate`).
+//! 8. [`bridge`]: the seam through which v5-cluster shares this room with other processes;
+//!    v4 leaves it empty.
 //!
 //! ## What changed since v3
 //!
@@ -105,6 +107,7 @@
 // `cargo doc -p v4-async --document-private-items --open`, where every link resolves.
 #![allow(rustdoc::private_intra_doc_links)]
 
+pub mod bridge;
 mod history;
 pub mod listeners;
 pub mod outbox;
@@ -121,6 +124,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+pub use crate::bridge::Bridge;
 pub use crate::listeners::TlsListener;
 pub use crate::room::Room;
 pub use crate::web::WebListener;
@@ -146,6 +150,8 @@ pub struct Config {
     pub rate: Option<f64>,
     /// `--idle-timeout`; `None` for none.
     pub idle_timeout: Option<Duration>,
+    /// What the room shares beyond this process: v5-cluster's Redis; `None` in v4.
+    pub bridge: Option<Arc<dyn Bridge>>,
 }
 
 /// The bound listeners the room is served on.
@@ -162,7 +168,7 @@ pub struct Listeners {
 /// Serves one room on `listeners` until `shutdown` resolves, then says goodbye to everyone
 /// and returns once they are gone or the goodbye's time is up.
 pub async fn run(listeners: Listeners, config: &Config, shutdown: impl Future<Output = ()>) {
-    let room = Arc::new(Room::new(config));
+    let room = Room::open(config);
     let tls = async {
         match &listeners.tls {
             Some(tls) => listeners::accept_tls(tls, &room).await,

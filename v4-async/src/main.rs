@@ -137,6 +137,7 @@ impl Cli {
             history: self.history,
             rate: (self.rate > 0.0).then_some(self.rate),
             idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),
+            bridge: None,
         }
     }
 

@@ -46,7 +46,7 @@
 //! idle client holds none.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -56,6 +56,7 @@ use chat_protocol::limits::PerIp;
 use chat_protocol::message::{self, CRLF};
 use tokio::sync::Notify;
 
+use crate::bridge::Bridge;
 use crate::history::{self, History};
 use crate::outbox::{Backlog, Chunk, FullQueue, Outbox};
 use crate::session::READ_CHUNK;
@@ -68,6 +69,9 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_millis(1500);
 /// Identifies a member of the room for as long as it is connected; increases with each join,
 /// so the members listed in id order are listed in the order they came.
 pub type ClientId = u64;
+
+/// The sender of what comes from elsewhere through a [`Bridge`]: no member has this id.
+pub const ELSEWHERE: ClientId = ClientId::MAX;
 
 /// Everyone connected, what they said lately, and the limits that apply to them.
 #[derive(Debug)]
@@ -88,6 +92,8 @@ pub struct Room {
     backlog: Arc<Backlog>,
     /// Wakes readers waiting for reads in progress to give back what they reserved.
     settled: Notify,
+    /// What the room shares beyond this process (v5); `None` in v4.
+    bridge: Option<Arc<dyn Bridge>>,
 }
 
 #[derive(Debug)]
@@ -161,7 +167,36 @@ impl Room {
             stall: config.stall,
             backlog: Arc::default(),
             settled: Notify::new(),
+            bridge: config.bridge.clone(),
         }
+    }
+
+    /// An empty room, shared, its bridge (if any) attached.
+    pub fn open(config: &Config) -> Arc<Self> {
+        let room = Arc::new(Self::new(config));
+        if let Some(bridge) = &room.bridge {
+            bridge.attach(&room);
+        }
+        room
+    }
+
+    /// The room's bridge, if it has one: a session asks it what only it knows.
+    pub(crate) fn bridge(&self) -> Option<&Arc<dyn Bridge>> {
+        self.bridge.as_ref()
+    }
+
+    /// What a member connected from `addr` is called until `/nick`: its address, or what the
+    /// bridge says (unique beyond this room too).
+    pub fn default_name(&self, addr: SocketAddr) -> String {
+        match &self.bridge {
+            Some(bridge) => bridge.default_name(addr),
+            None => addr.to_string(),
+        }
+    }
+
+    /// How many are online elsewhere, through the bridge.
+    fn elsewhere(&self) -> usize {
+        self.bridge.as_ref().map_or(0, |bridge| bridge.elsewhere())
     }
 
     fn lock(&self) -> MutexGuard<'_, RoomState> {
@@ -204,14 +239,22 @@ impl Room {
         state.admitted -= 1;
         let id = state.next_id;
         state.next_id += 1;
-        let online = state.members.len() + 1;
+        let online = state.members.len() + 1 + self.elsewhere();
         outbox.push(Chunk::from(message::wire(&message::welcome(&name, online))));
         for line in state.history.lines() {
             outbox.push(Arc::clone(line));
         }
+        let mut notice = None;
         if online <= self.announce_limit {
-            let notice = Chunk::from(message::wire(&message::joined(&name, online)));
-            send_to_all(&state.members, None, &notice);
+            let joined = Chunk::from(message::wire(&message::joined(&name, online)));
+            send_to_all(&state.members, None, &joined);
+            notice = Some(joined);
+        }
+        if let Some(bridge) = &self.bridge {
+            if let Some(greeting) = bridge.greeting() {
+                outbox.push(Chunk::from(message::wire(&greeting)));
+            }
+            bridge.joined(&name, notice.as_ref());
         }
         let member = Member {
             name,
@@ -236,12 +279,17 @@ impl Room {
             return;
         };
         state.per_ip.remove(member.ip);
-        let online = state.members.len();
+        let online = state.members.len() + self.elsewhere();
+        let mut notice = None;
         if online <= self.announce_limit {
-            let notice = Chunk::from(message::wire(&message::left(name, online, reason)));
-            send_to_all(&state.members, None, &notice);
+            let left = Chunk::from(message::wire(&message::left(name, online, reason)));
+            send_to_all(&state.members, None, &left);
+            notice = Some(left);
         }
-        if online == 0 {
+        if let Some(bridge) = &self.bridge {
+            bridge.left(name, notice.as_ref());
+        }
+        if state.members.is_empty() {
             self.emptied.notify_waiters();
         }
     }
@@ -250,7 +298,71 @@ impl Room {
     /// one pass under the lock so every receiver sees lines in the same order, and keeps them
     /// for the history.
     pub fn relay(&self, from: ClientId, lines: String) {
-        relay_under_lock(&mut self.lock(), from, lines);
+        let mut state = self.lock();
+        let chunk = relay_under_lock(&mut state, from, lines);
+        self.tell_bridge(&chunk);
+    }
+
+    /// A member's lines were relayed here: the bridge carries them further.
+    fn tell_bridge(&self, lines: &Chunk) {
+        if let Some(bridge) = &self.bridge {
+            bridge.said(lines);
+        }
+    }
+
+    /// Hands chat lines from elsewhere (each ending in CRLF) to every member, once every
+    /// member's queue has room for them: the bridge is held back like a reader (and a queue
+    /// that holds it back for `--stall-ms` is evicted), so what arrives from elsewhere never
+    /// takes a queue past `--max-queue` either. Keeps them for the history.
+    pub async fn relay_from_elsewhere(&self, lines: String) {
+        let mut verdict = self.reserve_exactly(lines.len());
+        loop {
+            match verdict {
+                Verdict::Read(reservation) => {
+                    let mut state = self.lock();
+                    relay_under_lock(&mut state, ELSEWHERE, lines);
+                    self.give_back(&mut state, reservation.bytes);
+                    return;
+                }
+                Verdict::WaitFor(full) => full.wait().await,
+                Verdict::WaitForReads => self.wait_for_reads().await,
+            }
+            verdict = self.reserve_exactly(lines.len());
+        }
+    }
+
+    /// [`Room::reserve`] for `bytes` already formatted, for no member.
+    fn reserve_exactly(&self, bytes: usize) -> Verdict {
+        let mut state = self.lock();
+        if self.backlog.over_half.load(Ordering::SeqCst) > 0 {
+            if let Some(full) = self.find_full_queue(&state, ELSEWHERE) {
+                return Verdict::WaitFor(full);
+            }
+        }
+        let free = (self.max_queue - self.max_queue / 2).saturating_sub(state.reserved);
+        if bytes > free && state.reserved > 0 {
+            return Verdict::WaitForReads;
+        }
+        state.reserved += bytes;
+        Verdict::Read(Reservation {
+            read: 0,
+            bytes,
+            name_len: 0,
+            held: 0,
+        })
+    }
+
+    /// Tells every member `line`, a notice from elsewhere (a join, a leave, a rename there, or
+    /// news of the bridge itself). Like every notice it never waits.
+    pub fn announce(&self, line: &str) {
+        let notice = Chunk::from(message::wire(line));
+        send_to_all(&self.lock().members, None, &notice);
+    }
+
+    /// Keeps chat lines said before this room opened (each ending in CRLF) for the history,
+    /// without relaying them: what the bridge knows was said lately.
+    pub fn remember(&self, lines: &str) {
+        self.lock().history.record_all(lines, CRLF);
     }
 
     /// A new client's outbox, sharing this room's [`Backlog`].
@@ -348,7 +460,8 @@ impl Room {
     pub(crate) fn settle(&self, from: ClientId, lines: String, reservation: Reservation) {
         let mut state = self.lock();
         if !lines.is_empty() {
-            relay_under_lock(&mut state, from, lines);
+            let chunk = relay_under_lock(&mut state, from, lines);
+            self.tell_bridge(&chunk);
         }
         self.give_back(&mut state, reservation.bytes);
     }
@@ -380,12 +493,7 @@ impl Room {
     /// Gives member `id` the name `new` unless someone else has it in any case; everyone,
     /// the renamed member included, is told.
     pub fn rename(&self, id: ClientId, old: &str, new: &str) -> Result<(), String> {
-        if let Err(why) = command::check_nick(new) {
-            return Err(message::bad_nick(new, why));
-        }
-        if new == old {
-            return Err(message::you_are(old));
-        }
+        refuse_rename(old, new)?;
         let mut state = self.lock();
         let taken = state
             .members
@@ -399,7 +507,19 @@ impl Room {
         }
         let notice = Chunk::from(message::wire(&message::renamed(old, new)));
         send_to_all(&state.members, None, &notice);
+        if let Some(bridge) = &self.bridge {
+            bridge.renamed(old, new, &notice);
+        }
         Ok(())
+    }
+
+    /// Whether a member here is called `name`, in any case.
+    pub(crate) fn has_member_named(&self, name: &str) -> bool {
+        let state = self.lock();
+        state
+            .members
+            .values()
+            .any(|member| member.name.eq_ignore_ascii_case(name))
     }
 
     /// `* online (N): ...`, in the order members joined, in lines of bounded length.
@@ -455,6 +575,17 @@ impl Room {
     }
 }
 
+/// Why `old` may not become `new` whoever else is called what: not a nickname, or no change.
+pub(crate) fn refuse_rename(old: &str, new: &str) -> Result<(), String> {
+    if let Err(why) = command::check_nick(new) {
+        return Err(message::bad_nick(new, why));
+    }
+    if new == old {
+        return Err(message::you_are(old));
+    }
+    Ok(())
+}
+
 /// Pushes the notice `chunk` (a join, a leave, a rename) to every member except `from`. It
 /// never waits; a member too far behind misses it (see [`Outbox::push_notice`]).
 fn send_to_all(members: &BTreeMap<ClientId, Member>, from: Option<ClientId>, chunk: &Chunk) {
@@ -490,7 +621,7 @@ pub(crate) struct Reservation {
 /// Hands chat lines (one or many, each ending in CRLF) to every member but `from`, and keeps
 /// them for the history. Pushed past no limit: the reader reserved room for them in every queue
 /// before it read them.
-fn relay_under_lock(state: &mut RoomState, from: ClientId, lines: String) {
+fn relay_under_lock(state: &mut RoomState, from: ClientId, lines: String) -> Chunk {
     state.history.record_all(&lines, CRLF);
     let chunk = Chunk::from(lines.into_bytes());
     for (&id, member) in &state.members {
@@ -498,6 +629,7 @@ fn relay_under_lock(state: &mut RoomState, from: ClientId, lines: String) {
             member.outbox.push(Arc::clone(&chunk));
         }
     }
+    chunk
 }
 
 /// A slot in the room for one connection that has not joined yet: counted against

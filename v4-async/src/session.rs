@@ -34,9 +34,10 @@ use chat_protocol::message::{self, CRLF};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::task::JoinHandle;
 
+use crate::bridge::Bridge;
 use crate::outbox::{write_loop, Chunk, Outbox, WriterEnd};
 use crate::rate::TokenBucket;
-use crate::room::{Admission, ClientId, Reservation, Room, Verdict};
+use crate::room::{refuse_rename, Admission, ClientId, Reservation, Room, Verdict};
 
 /// The most one read takes from a client. Usually the room's free space limits a read before
 /// this does (see [`Room::reserve`]); the buffer lives on the stack only while a read runs.
@@ -63,11 +64,12 @@ pub struct Joined {
     outbox: Arc<Outbox>,
 }
 
-/// Makes the admitted connection from `addr` a member, named by its address until `/nick`.
-/// The welcome and the history wait in its outbox until [`serve`] starts its writer.
+/// Makes the admitted connection from `addr` a member, named by its address until `/nick`
+/// (or by what a bridge says, [`Room::default_name`]). The welcome and the history wait in
+/// its outbox until [`serve`] starts its writer.
 pub fn join(room: &Room, admission: Admission, addr: SocketAddr) -> Joined {
     let outbox = Arc::new(room.new_outbox());
-    let name = addr.to_string();
+    let name = room.default_name(addr);
     let id = room.join(admission, name.clone(), &outbox);
     tracing::info!("{addr} connected");
     Joined { id, name, outbox }
@@ -98,6 +100,8 @@ where
         warned_slow_at: None,
         heard_at: now,
         quit: None,
+        asking: None,
+        deferred: Vec::new(),
     };
     let mut framer = LineFramer::new(room.max_line);
     let ending = session
@@ -251,6 +255,21 @@ struct Session {
     heard_at: Instant,
     /// Set by `/quit`, with its reason if one was given.
     quit: Option<Option<String>>,
+    /// A command only the room's bridge can answer, asked once the read that held it settles.
+    asking: Option<Question>,
+    /// Lines read after that command, acted on once it is answered, so they keep their order.
+    deferred: Vec<String>,
+}
+
+/// A command that waits for an answer from beyond this process (v5's bridge); v4 never has
+/// one.
+enum Question {
+    /// `/nick NAME`: is the name free everywhere?
+    Nick(String),
+    /// `/list`: who is online everywhere?
+    List,
+    /// `/pm NAME TEXT` to nobody here: is NAME elsewhere? `line` is what NAME would read.
+    Pm { to: String, line: String },
 }
 
 /// Why a session ended.
@@ -328,6 +347,10 @@ impl Session {
                 Poll::Ready(self.read_chunk(inbox, cx, framer, room))
             })
             .await;
+            if self.asking.is_some() {
+                // Boxed: only a bridged room asks, so its state is not kept in every task.
+                Box::pin(self.ask_bridge()).await;
+            }
             match read {
                 Ok(true) => {}
                 Ok(false) => return Ending::Left("end of stream"),
@@ -347,16 +370,84 @@ impl Session {
 
     /// Waits as `verdict` says until every other member's queue has room for what this
     /// client's next read could become, and reserves it; see [`Room::reserve`].
-    async fn wait_for_room(&self, mut verdict: Verdict, framer: &LineFramer) -> Reservation {
+    async fn wait_for_room(&self, verdict: Verdict, framer: &LineFramer) -> Reservation {
+        self.wait_for_room_holding(verdict, framer.buffered()).await
+    }
+
+    /// [`Session::wait_for_room`] for `held` bytes of lines not yet relayed.
+    async fn wait_for_room_holding(&self, mut verdict: Verdict, held: usize) -> Reservation {
         loop {
             match verdict {
                 Verdict::Read(reservation) => return reservation,
                 Verdict::WaitFor(receiver) => receiver.wait().await,
                 Verdict::WaitForReads => self.room.wait_for_reads().await,
             }
-            verdict = self
-                .room
-                .reserve(self.id, self.name_bound(), framer.buffered());
+            verdict = self.room.reserve(self.id, self.name_bound(), held);
+        }
+    }
+
+    /// Asks the bridge the question a command left, acts on its answer, then on the lines
+    /// read after the command, in order, until one of them asks again. Those lines are relayed
+    /// within room reserved for them, as if just read.
+    async fn ask_bridge(&mut self) {
+        let Some(bridge) = self.room.bridge().cloned() else {
+            return;
+        };
+        while let Some(question) = self.asking.take() {
+            match question {
+                Question::Nick(new) => self.rename_everywhere(&*bridge, &new).await,
+                Question::List => {
+                    let everyone = match bridge.list().await {
+                        Some(names) => message::online_list(names.iter().map(String::as_str)),
+                        None => self.room.list(),
+                    };
+                    self.reply_lines(&everyone);
+                }
+                Question::Pm { to, line } => {
+                    if !bridge.send_private(&to, &line).await {
+                        self.reply(&message::no_such_user(&to));
+                    }
+                }
+            }
+            if self.deferred.is_empty() {
+                continue;
+            }
+            let held = self.deferred.iter().map(String::len).sum();
+            let verdict = self.room.reserve(self.id, self.name_bound(), held);
+            let reservation = self.wait_for_room_holding(verdict, held).await;
+            let mut deferred = std::mem::take(&mut self.deferred).into_iter();
+            for text in deferred.by_ref() {
+                self.act_on(command::parse(&text));
+                if self.asking.is_some() {
+                    break;
+                }
+            }
+            self.deferred = deferred.collect();
+            let lines = std::mem::take(&mut self.relay);
+            self.room.settle(self.id, lines, reservation);
+        }
+    }
+
+    /// `/nick NEW` in a bridged room: claimed everywhere first, then taken here.
+    async fn rename_everywhere(&mut self, bridge: &dyn Bridge, new: &str) {
+        if let Err(refusal) = refuse_rename(&self.name, new) {
+            return self.reply(&refusal);
+        }
+        if let Err(refusal) = bridge.claim(new).await {
+            return self.reply(&refusal);
+        }
+        match self.room.rename(self.id, &self.name, new) {
+            Ok(()) => {
+                tracing::info!("{}", message::renamed(&self.name, new));
+                self.name = new.to_owned();
+            }
+            Err(refusal) => {
+                // Someone here has it in another case: the claim was ours already, keep it.
+                if !self.room.has_member_named(new) {
+                    bridge.release(new);
+                }
+                self.reply(&refusal);
+            }
         }
     }
 
@@ -413,7 +504,12 @@ impl Session {
         if chat_protocol::sanitize::sanitize_into(raw, &mut text) {
             self.heard_at = Instant::now();
             if self.within_rate() {
-                self.act_on(command::parse(&text));
+                if self.asking.is_some() {
+                    // After a question to the bridge: in order, once it is answered.
+                    self.deferred.push(text.clone());
+                } else {
+                    self.act_on(command::parse(&text));
+                }
             }
         }
         self.text = text;
@@ -446,6 +542,10 @@ impl Session {
             }
             Command::Me(text) => self.queue_relay(&message::action(&self.name, text)),
             Command::Nick(None) => self.reply(&message::you_are(&self.name)),
+            Command::Nick(Some(new)) if self.room.bridge().is_some() => {
+                self.flush_relay();
+                self.asking = Some(Question::Nick(new.to_owned()));
+            }
             Command::Nick(Some(new)) => {
                 // Lines already queued went out under the old name; the rename comes after.
                 self.flush_relay();
@@ -457,11 +557,18 @@ impl Session {
                     Err(refusal) => self.reply(&refusal),
                 }
             }
+            Command::List if self.room.bridge().is_some() => self.asking = Some(Question::List),
             Command::List => self.reply_lines(&self.room.list()),
             Command::Pm { to, text } => {
                 self.flush_relay();
                 let line = message::private(&self.name, text);
-                if !self.room.send_private(self.id, to, &line) {
+                if self.room.send_private(self.id, to, &line) {
+                    return;
+                }
+                if self.room.bridge().is_some() {
+                    let to = to.to_owned();
+                    self.asking = Some(Question::Pm { to, line });
+                } else {
                     self.reply(&message::no_such_user(to));
                 }
             }
