@@ -53,6 +53,8 @@ pub const V1_ADDR_DEFAULT: &str = "127.0.0.1:8081";
 pub const V2_ADDR_DEFAULT: &str = "127.0.0.1:8082";
 /// See [`V4_ADDR_DEFAULT`].
 pub const V3_ADDR_DEFAULT: &str = "127.0.0.1:8083";
+/// See [`V4_ADDR_DEFAULT`]; v5-cluster's nodes each need their own, of course.
+pub const V5_ADDR_DEFAULT: &str = "127.0.0.1:8085";
 
 /// Parses `--addr` for clap: every form of [`crate::addr::parse_addr`].
 pub fn addr_arg(input: &str) -> Result<SocketAddr, String> {
@@ -138,6 +140,7 @@ mod tests {
             V2_ADDR_DEFAULT,
             V3_ADDR_DEFAULT,
             V4_ADDR_DEFAULT,
+            V5_ADDR_DEFAULT,
         ] {
             assert!(addr_arg(addr).is_ok());
         }

@@ -72,6 +72,16 @@ pub const TOO_SLOW: &str = "* error: too slow, disconnected";
 /// Sent to every client when the server is asked to stop.
 pub const SHUTTING_DOWN: &str = "* server shutting down";
 
+/// v5-cluster: this node lost its link to the rest of the cluster (SPEC 11).
+pub const CLUSTER_LINK_DOWN: &str = "* server cluster link down: only users on this node hear you";
+
+/// v5-cluster: the link is back (SPEC 11).
+pub const CLUSTER_LINK_UP: &str = "* server cluster link up";
+
+/// v5-cluster: a nickname cannot be claimed across the cluster while its link is down.
+pub const CLUSTER_NICK_UNAVAILABLE: &str =
+    "* error: nicknames are claimed across the cluster, and its link is down: try again soon";
+
 /// `* alice is now bob`: everyone, the renamed client included, sees a rename.
 pub fn renamed(old: &str, new: &str) -> String {
     format!("* {old} is now {new}")
