@@ -33,6 +33,8 @@ pub enum Server {
     V2SelectEpoll,
     /// v3-broadcast with `--poller epoll`.
     V3BroadcastEpoll,
+    /// Needs a Redis: see `tests/cluster.rs`.
+    V5Cluster,
 }
 
 impl Server {
@@ -43,6 +45,7 @@ impl Server {
             Server::V2Select | Server::V2SelectEpoll => "v2-select",
             Server::V3Broadcast | Server::V3BroadcastEpoll => "v3-broadcast",
             Server::V4Async => "v4-async",
+            Server::V5Cluster => "v5-cluster",
         }
     }
 
@@ -64,7 +67,7 @@ impl Server {
     pub fn is_room(self) -> bool {
         matches!(
             self,
-            Server::V3Broadcast | Server::V3BroadcastEpoll | Server::V4Async
+            Server::V3Broadcast | Server::V3BroadcastEpoll | Server::V4Async | Server::V5Cluster
         )
     }
 
@@ -72,7 +75,7 @@ impl Server {
     /// lines than a person types, where the limit is not what is being checked.
     pub fn start_unthrottled(self, args: &[&str]) -> Running {
         let mut all = Vec::from(args);
-        if self == Server::V4Async {
+        if matches!(self, Server::V4Async | Server::V5Cluster) {
             all.extend(["--rate", "0"]);
         }
         Running::start(self, &all)
@@ -118,7 +121,7 @@ impl Server {
     /// and the test would keep. Evictions are warnings, so they are still logged.
     pub fn start_unthrottled_quietly(self, args: &[&str]) -> Running {
         let mut all = Vec::from(args);
-        if self == Server::V4Async {
+        if matches!(self, Server::V4Async | Server::V5Cluster) {
             all.extend(["--rate", "0"]);
         }
         Running::start_logging(self, &all, "warn")
@@ -505,6 +508,9 @@ macro_rules! server_named {
     };
     (v3_broadcast_epoll) => {
         $crate::Server::V3BroadcastEpoll
+    };
+    (v5_cluster) => {
+        $crate::Server::V5Cluster
     };
 }
 

@@ -1,0 +1,419 @@
+//! SPEC 11: v5-cluster's nodes share one room through Redis.
+//!
+//! Each test starts its own `redis-server` on a free loopback port with a temporary directory
+//! (never a Redis someone already runs on 6379), and its own nodes. They need `redis-server`
+//! on the PATH, so they are ignored by default; `.ci/run` installs it and runs them.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use sock_chat_tests::{Client, Running, Server, DEADLINE};
+
+/// SPEC 11: a dead node's names are free, and it has left every `/list`, within this.
+const DEAD_NODE_FORGOTTEN: Duration = Duration::from_secs(15);
+
+/// Between two looks at something that changes by itself in Redis (a claim expiring).
+const POLL: Duration = Duration::from_millis(250);
+
+/// A `redis-server` of this test's own, killed (and its directory removed) when dropped.
+struct Redis {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("sock-chat-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temporary directory for redis");
+        let mut redis = Redis {
+            port,
+            dir,
+            child: None,
+        };
+        redis.launch();
+        redis
+    }
+
+    /// Starts redis-server on this port and directory; returns once it accepts connections.
+    fn launch(&mut self) {
+        let mut child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on the PATH (apt-get install redis-server)");
+        let (ready, is_ready) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("Ready to accept connections") {
+                    let _ = ready.send(());
+                }
+            }
+        });
+        is_ready
+            .recv_timeout(DEADLINE)
+            .expect("redis-server ready in time");
+        self.child = Some(child);
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills Redis at once (SIGKILL): every node loses its link.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A loopback port nobody listens on now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A node named `name` on `redis`, without a rate limit, once its link is up.
+fn node(redis: &Redis, name: &str) -> Running {
+    let node = node_unlinked(redis, name);
+    node.expect_log("cluster link up");
+    node
+}
+
+/// A node named `name` on `redis`, as soon as it listens.
+fn node_unlinked(redis: &Redis, name: &str) -> Running {
+    Server::V5Cluster.start(&["--redis", &redis.url(), "--node", name, "--rate", "0"])
+}
+
+/// A client of `node` that has read its welcome (and so is in the room), and its name.
+fn join(node: &Running) -> (Client, String) {
+    let mut client = node.connect();
+    let welcome = client.read_until(|line| line.starts_with("* welcome "));
+    let name = welcome["* welcome ".len()..]
+        .split(',')
+        .next()
+        .unwrap()
+        .to_owned();
+    (client, name)
+}
+
+/// A client of `node` called `nick`.
+fn join_as(node: &Running, nick: &str) -> Client {
+    let (mut client, name) = join(node);
+    client.send_line(&format!("/nick {nick}"));
+    client.expect_line_containing(&format!("{name} is now {nick}"));
+    client
+}
+
+trait ReadsChat {
+    fn expect_line_containing(&mut self, text: &str) -> String;
+    fn online(&mut self) -> Vec<String>;
+}
+
+impl ReadsChat for Client {
+    /// Skips lines until one contains `text`.
+    fn expect_line_containing(&mut self, text: &str) -> String {
+        self.read_until(|line| line.contains(text))
+    }
+
+    /// Asks `/list` and collects the names it gives.
+    fn online(&mut self) -> Vec<String> {
+        self.send_line("/list");
+        let first = self.read_until(|line| line.starts_with("* online ("));
+        let count: usize = first["* online (".len()..]
+            .split(')')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut names = names_in(&first);
+        while names.len() < count {
+            names.extend(names_in(&self.read_line()));
+        }
+        names
+    }
+}
+
+fn names_in(list_line: &str) -> Vec<String> {
+    let names = list_line.split_once("): ").map_or("", |(_, names)| names);
+    names
+        .split(", ")
+        .filter(|name| !name.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until `done` holds, looking every [`POLL`]; panics after `within`.
+fn eventually(within: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if done() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::sleep(POLL);
+    }
+}
+
+#[test]
+#[ignore = "needs redis-server: apt-get install redis-server"]
+fn lines_reach_every_client_on_every_node_once_in_order() {
+    const LINES: usize = 50;
+    let redis = Redis::start();
+    let nodes: Vec<Running> = ["a", "b", "c"].iter().map(|n| node(&redis, n)).collect();
+    let mut clients: Vec<(Client, String)> = Vec::new();
+    for node in &nodes {
+        for _ in 0..2 {
+            clients.push(join(node));
+        }
+    }
+    let names: Vec<String> = clients.iter().map(|(_, name)| name.clone()).collect();
+    let unique: std::collections::HashSet<_> = names.iter().collect();
+    assert_eq!(
+        unique.len(),
+        names.len(),
+        "default names are unique: {names:?}"
+    );
+    for (client, _) in &mut clients {
+        let mut burst = String::new();
+        for i in 0..LINES {
+            burst.push_str(&format!("line {i}\n"));
+        }
+        burst.push_str("end\n");
+        client.send(burst.as_bytes());
+    }
+    for (receiver, me) in &mut clients {
+        let mut heard: HashMap<String, Vec<String>> = HashMap::new();
+        let mut ended = 0;
+        while ended < names.len() - 1 {
+            let line = receiver.read_line();
+            if line.starts_with("* ") {
+                continue;
+            }
+            let (sender, text) = line.split_once(" says: ").expect("a chat line");
+            assert_ne!(sender, me, "{me} heard its own line");
+            if text == "end" {
+                ended += 1;
+            } else {
+                heard
+                    .entry(sender.to_owned())
+                    .or_default()
+                    .push(text.to_owned());
+            }
+        }
+        let expected: Vec<String> = (0..LINES).map(|i| format!("line {i}")).collect();
+        for sender in names.iter().filter(|name| *name != me) {
+            assert_eq!(
+                heard.get(sender),
+                Some(&expected),
+                "{me} heard {sender}'s lines once each, in order"
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs redis-server: apt-get install redis-server"]
+fn a_nickname_race_across_nodes_has_one_winner() {
+    let redis = Redis::start();
+    let a = node(&redis, "a");
+    let b = node(&redis, "b");
+    for round in 0..5 {
+        let nick = format!("racer{round}");
+        let (mut on_a, name_a) = join(&a);
+        let (mut on_b, name_b) = join(&b);
+        on_a.send_line(&format!("/nick {nick}"));
+        on_b.send_line(&format!("/nick {nick}"));
+        let won = |client: &mut Client, name: &str| {
+            let answer = client.read_until(|line| {
+                line.contains(&format!("{name} is now {nick}")) || line.starts_with("* error:")
+            });
+            !answer.starts_with("* error:")
+        };
+        let a_won = won(&mut on_a, &name_a);
+        let b_won = won(&mut on_b, &name_b);
+        assert!(
+            a_won != b_won,
+            "exactly one of them is {nick} (a: {a_won}, b: {b_won})"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs redis-server: apt-get install redis-server"]
+fn nicknames_are_unique_across_nodes_ignoring_case() {
+    let redis = Redis::start();
+    let a = node(&redis, "a");
+    let b = node(&redis, "b");
+    let _alice = join_as(&a, "alice");
+    let (mut other, _) = join(&b);
+    other.send_line("/nick ALICE");
+    other.expect_line("* error: nickname ALICE is taken");
+}
+
+#[test]
+#[ignore = "needs redis-server: apt-get install redis-server"]
+fn pm_reaches_a_user_on_another_node() {
+    let redis = Redis::start();
+    let a = node(&redis, "a");
+    let b = node(&redis, "b");
+    let mut alice = join_as(&a, "alice");
+    let mut bob = join_as(&b, "bob");
+    let (mut nameless, nameless_name) = join(&b);
+    bob.send_line("/pm ALICE psst");
+    alice.expect_line_containing("bob (private): psst");
+    alice.send_line(&format!("/pm {nameless_name} hello there"));
+    nameless.expect_line_containing("alice (private): hello there");
+    bob.send_line("/pm nobody hello?");
+    bob.expect_line_containing("* error: no such user nobody");
+}
+
+#[test]
+#[ignore = "needs redis-server: apt-get install redis-server"]
+fn list_shows_the_users_of_every_node() {
+    let redis = Redis::start();
+    let nodes: Vec<Running> = ["a", "b", "c"].iter().map(|n| node(&redis, n)).collect();
+    let mut clients: Vec<Client> = nodes
+        .iter()
+        .zip(["alice", "bob", "carol"])
+        .map(|(node, nick)| join_as(node, nick))
+        .collect();
+    // Presence is written before the rename is published: whoever heard it finds it listed.
+    clients[0].expect_line_containing("is now carol");
+    let mut online = clients[0].online();
+    online.sort();
+    assert_eq!(online, ["alice", "bob", "carol"]);
+    let mut online = clients[2].online();
+    online.sort();
+    assert_eq!(online, ["alice", "bob", "carol"]);
+}
+
+#[test]
+#[ignore = "needs redis-server: apt-get install redis-server"]
+fn history_survives_restarting_every_node() {
+    let redis = Redis::start();
+    {
+        let a = node(&redis, "a");
+        let b = node(&redis, "b");
+        let mut alice = join_as(&a, "alice");
+        let mut bob = join_as(&b, "bob");
+        alice.send_line("first");
+        bob.expect_line_containing("alice says: first");
+        bob.send_line("second");
+        alice.expect_line_containing("bob says: second");
+    }
+    // Every node is gone; the stream is not.
+    let c = node(&redis, "c");
+    let (mut newcomer, _) = join(&c);
+    newcomer.expect_line("alice says: first");
+    newcomer.expect_line("bob says: second");
+}
+
+#[test]
+#[ignore = "needs redis-server: apt-get install redis-server"]
+fn a_killed_node_leaves_list_and_frees_its_names_within_15_s() {
+    let redis = Redis::start();
+    let mut doomed = node(&redis, "doomed");
+    let survivor = node(&redis, "survivor");
+    let _alice = join_as(&doomed, "alice");
+    let (mut bob, _) = join(&survivor);
+    assert!(bob.online().contains(&"alice".to_owned()));
+    let killed_at = Instant::now();
+    // SIGKILL: no goodbye, no release.
+    sigkill(doomed.pid());
+    let _ = doomed.wait_exit();
+    eventually(DEAD_NODE_FORGOTTEN, "alice leaves /list", || {
+        !bob.online().contains(&"alice".to_owned())
+    });
+    eventually(
+        DEAD_NODE_FORGOTTEN.saturating_sub(killed_at.elapsed()),
+        "alice is free",
+        || {
+            bob.send_line("/nick alice");
+            let answer = bob
+                .read_until(|line| line.contains("is now alice") || line.starts_with("* error:"));
+            !answer.starts_with("* error:")
+        },
+    );
+}
+
+/// Sends SIGKILL to `pid`, with the `kill` command: the tests have no unsafe code.
+fn sigkill(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+#[test]
+#[ignore = "needs redis-server: apt-get install redis-server"]
+fn losing_redis_tells_each_node_and_the_local_room_keeps_working() {
+    let mut redis = Redis::start();
+    let a = node(&redis, "a");
+    let b = node(&redis, "b");
+    let mut alice = join_as(&a, "alice");
+    let mut amy = join_as(&a, "amy");
+    let mut bob = join_as(&b, "bob");
+    redis.kill();
+    for client in [&mut alice, &mut amy, &mut bob] {
+        client
+            .expect_line_containing("* server cluster link down: only users on this node hear you");
+    }
+    alice.send_line("still here");
+    amy.expect_line("alice says: still here");
+    redis.launch();
+    // Each read waits up to DEADLINE, longer than the longest back-off between two tries.
+    for client in [&mut alice, &mut amy, &mut bob] {
+        client.expect_line_containing("* server cluster link up");
+    }
+    alice.send_line("back together");
+    bob.expect_line_containing("alice says: back together");
+    amy.expect_line_containing("alice says: back together");
+}
+
+#[test]
+#[ignore = "needs redis-server: apt-get install redis-server"]
+fn a_node_starts_without_redis_and_joins_the_cluster_when_it_comes() {
+    let mut redis = Redis::start();
+    redis.kill();
+    let lonely = node_unlinked(&redis, "lonely");
+    let (mut alice, _) = join(&lonely);
+    alice.expect_line("* server cluster link down: only users on this node hear you");
+    let (mut amy, amy_name) = join(&lonely);
+    amy.expect_line("* server cluster link down: only users on this node hear you");
+    alice.send_line("anyone?");
+    amy.expect_line_containing("says: anyone?");
+    redis.launch();
+    lonely.expect_log("cluster link up");
+    alice.expect_line_containing("* server cluster link up");
+    let other = node(&redis, "other");
+    let (mut bob, _) = join(&other);
+    amy.send_line("hello cluster");
+    bob.expect_line_containing(&format!("{amy_name} says: hello cluster"));
+}
