@@ -143,6 +143,8 @@ pub struct Cluster {
     pub incoming: Bounded<Incoming>,
     /// Events dropped because the queue toward Redis was full, for the log.
     dropped: AtomicU64,
+    /// The history read from the stream before the room opened, for the room to start with.
+    preloaded: Mutex<Option<String>>,
 }
 
 impl Cluster {
@@ -158,7 +160,16 @@ impl Cluster {
             outgoing: Bounded::new(OUTGOING_MAX_BYTES),
             incoming: Bounded::new(INCOMING_MAX_BYTES),
             dropped: AtomicU64::new(0),
+            preloaded: Mutex::default(),
         }
+    }
+
+    /// The room starts with these history lines (each ending in CRLF), read from the stream.
+    pub fn preload(&self, lines: String) {
+        *self
+            .preloaded
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = Some(lines);
     }
 
     fn link(&self) -> MutexGuard<'_, Link> {
@@ -274,6 +285,14 @@ impl Cluster {
 
 impl Bridge for Cluster {
     fn attach(&self, room: &Arc<Room>) {
+        let preloaded = self
+            .preloaded
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take();
+        if let Some(lines) = preloaded {
+            room.remember(&lines);
+        }
         let _ = self.room.set(Arc::downgrade(room));
         self.room_opened.notify_waiters();
     }

@@ -59,7 +59,7 @@ const LEAVE_FLUSH: Duration = Duration::from_millis(300);
 pub async fn keep_linked(cluster: Arc<Cluster>, client: Client) {
     let mut wait = RECONNECT_FIRST;
     loop {
-        match connect(&cluster, &client).await {
+        match connect(&client).await {
             Ok((connection, subscription)) => {
                 wait = RECONNECT_FIRST;
                 let why = run_link(&cluster, connection, subscription).await;
@@ -77,10 +77,7 @@ pub async fn keep_linked(cluster: Arc<Cluster>, client: Client) {
 type Subscription = redis::aio::PubSubStream;
 
 /// A command connection and a subscription to the cluster's channel.
-async fn connect(
-    cluster: &Cluster,
-    client: &Client,
-) -> anyhow::Result<(MultiplexedConnection, Subscription)> {
+async fn connect(client: &Client) -> anyhow::Result<(MultiplexedConnection, Subscription)> {
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(REDIS_TIMEOUT))
         .set_response_timeout(Some(REDIS_TIMEOUT));
@@ -97,10 +94,6 @@ async fn connect(
         redis::RedisResult::Ok(pubsub.into_on_message())
     };
     let subscription = tokio::time::timeout(REDIS_TIMEOUT, subscribing).await??;
-    // Subscribed before anything is read from the stream: whatever is appended from here on
-    // arrives by the channel too, so the back-fill and the channel leave no gap between them.
-    cluster.incoming.clear();
-    cluster.incoming.push_front(Incoming::Resync);
     Ok((connection, subscription))
 }
 
@@ -111,6 +104,11 @@ async fn run_link(
     subscription: Subscription,
 ) -> String {
     cluster.link_up(connection.clone());
+    // Subscribed already, and nothing read from the subscription yet: whatever is appended to
+    // the stream from here on comes by the channel too, after this marker, so the back-fill it
+    // asks for and the channel leave no gap between them (and overlap only by IDs it skips).
+    // Not refused even if the queue overflowed: an overflow asks for a back-fill as well.
+    cluster.incoming.push_marker(Incoming::Resync);
     // Presence first: this node's members and names, as they are now.
     if let Err(error) = announce_presence(cluster, &mut connection).await {
         return format!("cannot write presence: {error}");
@@ -332,10 +330,9 @@ fn timeout_error() -> redis::RedisError {
 
 /// Hands what the other nodes said to the room, in order, for as long as the room is open;
 /// see the module's doc.
-pub async fn deliver(cluster: Arc<Cluster>) {
-    // The ID of the last chat entry delivered (or loaded as history); `None` before the link
-    // first came up.
-    let mut last_seen: Option<StreamId> = None;
+pub async fn deliver(cluster: Arc<Cluster>, mut last_seen: Option<StreamId>) {
+    // `last_seen`: the ID of the last chat entry delivered (or loaded as history); `None`
+    // until the stream has been read once.
     loop {
         let taken = cluster.incoming.take().await;
         let Some(room) = cluster.room().await else {
@@ -398,8 +395,11 @@ async fn backfill(cluster: &Cluster, room: &Room, last_seen: &mut Option<StreamI
         return;
     };
     let Some(seen) = *last_seen else {
-        match load_history(cluster, room, &mut connection).await {
-            Ok(newest) => *last_seen = Some(newest),
+        match load_history(&mut connection, cluster.history).await {
+            Ok((lines, newest)) => {
+                room.remember(&lines);
+                *last_seen = Some(newest);
+            }
             Err(error) => tracing::warn!("cannot load the history: {error}"),
         }
         return;
@@ -442,19 +442,42 @@ async fn backfill(cluster: &Cluster, room: &Room, last_seen: &mut Option<StreamI
     }
 }
 
-/// Puts the last `--history` lines of the stream in the room's history; returns the newest ID.
+/// Reads the history before the room opens, so that the first newcomer gets it: the last
+/// `history` lines (each ending in CRLF) and the newest ID, if Redis answers in time; the node
+/// starts without them otherwise, and loads them once the link is up.
+pub async fn preload(client: &Client, history: usize) -> Option<(String, StreamId)> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(REDIS_TIMEOUT))
+        .set_response_timeout(Some(REDIS_TIMEOUT));
+    let reading = async {
+        let mut connection = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        load_history(&mut connection, history).await
+    };
+    match tokio::time::timeout(REDIS_TIMEOUT, reading).await {
+        Ok(Ok(loaded)) => Some(loaded),
+        Ok(Err(error)) => {
+            tracing::warn!("no history yet: {error}");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// The last `history` lines of the stream, oldest first, each ending in CRLF, and the newest
+/// ID (zero for an empty stream).
 async fn load_history(
-    cluster: &Cluster,
-    room: &Room,
     connection: &mut MultiplexedConnection,
-) -> anyhow::Result<StreamId> {
+    history: usize,
+) -> anyhow::Result<(String, StreamId)> {
     let mut range = redis::cmd("XREVRANGE");
     range
         .arg(keys::HISTORY)
         .arg("+")
         .arg("-")
         .arg("COUNT")
-        .arg(cluster.history.max(1));
+        .arg(history.max(1));
     let newest = range.query_async::<Vec<(String, Vec<String>)>>(connection);
     let entries = tokio::time::timeout(REDIS_TIMEOUT, newest)
         .await
@@ -462,12 +485,12 @@ async fn load_history(
     let entries = decode_entries(entries);
     let mut lines = String::new();
     // Newest first from XREVRANGE: the history wants them oldest first.
-    for (_, _, line) in entries.iter().rev() {
+    for (_, _, line) in entries.iter().rev().take(history) {
         lines.push_str(line);
         lines.push_str(CRLF);
     }
-    room.remember(&lines);
-    Ok(entries.first().map(|&(id, _, _)| id).unwrap_or_default())
+    let newest = entries.first().map(|&(id, _, _)| id).unwrap_or_default();
+    Ok((lines, newest))
 }
 
 /// `XRANGE` from `start` to `end`, at most `count` entries: (ID, node, line) each.

@@ -344,8 +344,16 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         without_password(&cli.redis)
     );
     let cluster = Arc::new(Cluster::new(node, cli.history));
+    // Before `listening on`: the first newcomer after a restart of every node gets the history.
+    let last_seen = match link::preload(&client, cli.history).await {
+        Some((lines, newest)) => {
+            cluster.preload(lines);
+            Some(newest)
+        }
+        None => None,
+    };
     tokio::spawn(link::keep_linked(Arc::clone(&cluster), client));
-    tokio::spawn(link::deliver(Arc::clone(&cluster)));
+    tokio::spawn(link::deliver(Arc::clone(&cluster), last_seen));
     startup::log_listening("v5-cluster", &plain)?;
     let listeners = Listeners {
         plain: tokio_listener(plain)?,

@@ -82,16 +82,17 @@ impl<T: Weight> Bounded<T> {
         true
     }
 
-    /// Puts `entry` first, whatever the bound: for the few markers the queue's owner adds.
-    pub fn push_front(&self, entry: T) {
+    /// Queues `entry` last, whatever the bound: for the few markers the queue's owner adds.
+    pub fn push_marker(&self, entry: T) {
         let mut state = self.lock();
         state.bytes += entry.weight();
-        state.entries.push_front(entry);
+        state.entries.push_back(entry);
         drop(state);
         self.ready.notify_one();
     }
 
-    /// Drops everything queued and any overflow.
+    /// Drops everything queued and any overflow: what was waiting to be published when the
+    /// link dropped.
     pub fn clear(&self) {
         let mut state = self.lock();
         state.entries.clear();
