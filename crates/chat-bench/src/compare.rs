@@ -307,6 +307,7 @@ async fn run_one(
     };
     let target = Target {
         addr: tls_addr.or(web_addr).unwrap_or(server.addr),
+        also: Vec::new(),
         process: Some(server.process()),
         // Measuring only: chat-bench started this server with a certificate of its own.
         tls: tls_addr.map(|_| Tls::new(None)),

@@ -267,12 +267,25 @@ impl Workload {
 #[derive(Debug, Clone)]
 pub struct Target {
     pub addr: SocketAddr,
+    /// More addresses of the same room (v5-cluster's other nodes): client `i` connects to
+    /// the `i mod n`-th of `addr` and these, so the clients are spread over them.
+    pub also: Vec<SocketAddr>,
     /// Its process, if known, for CPU, memory and thread counts.
     pub process: Option<Process>,
     /// Speak TLS to it, trusting as this says (measuring only, see [`crate::tls`]).
     pub tls: Option<Tls>,
     /// Join through its WebSocket (`ws://ADDR/ws`, SPEC 9) instead of a line per TCP write.
     pub ws: bool,
+}
+
+impl Target {
+    /// Where client `client` connects.
+    fn addr_of(&self, client: usize) -> SocketAddr {
+        match client % (1 + self.also.len()) {
+            0 => self.addr,
+            other => self.also[other - 1],
+        }
+    }
 }
 
 /// The reading half of a client's connection: plain TCP, TLS over TCP, or a WebSocket.
@@ -1153,12 +1166,13 @@ async fn connect_client(
     buffer_size: usize,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(WriteSide, tokio::task::JoinHandle<(ReadSide, Receiver)>)> {
-    let stream = TcpStream::connect(target.addr).await?;
+    let addr = target.addr_of(client);
+    let stream = TcpStream::connect(addr).await?;
     // Small lines, each one awaited by someone: never hold them back for Nagle.
     stream.set_nodelay(true)?;
     let (reader, mut writer) = match &target.tls {
         None if target.ws => {
-            let stream = WsLines::connect(stream, target.addr)
+            let stream = WsLines::connect(stream, addr)
                 .await
                 .context("WebSocket handshake")?;
             let (reader, writer) = tokio::io::split(stream);
@@ -1170,7 +1184,7 @@ async fn connect_client(
         }
         Some(tls) => {
             let stream = tls
-                .connect(stream, target.addr)
+                .connect(stream, addr)
                 .await
                 .context("TLS handshake")?;
             let (reader, writer) = tokio::io::split(stream);

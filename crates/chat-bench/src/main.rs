@@ -90,6 +90,7 @@
 //   markdown                               results.md and the tables
 //   compare, soak                          the two commands that start servers themselves
 mod charts;
+mod cluster;
 mod compare;
 mod load;
 mod markdown;
@@ -135,6 +136,10 @@ enum Command {
     /// Start each server (release builds beside this binary), run every workload, and write
     /// bench-results/<time>/ with results.md, results.json and SVG charts.
     Compare(compare::Args),
+    /// Start a redis-server, v5-cluster nodes on it and one v4-async, and measure the same
+    /// clients spread over the nodes and on the one process (release builds, redis-server on
+    /// the PATH).
+    Cluster(cluster::Args),
     /// Run one workload against a server that is already running.
     Run(RunArgs),
     /// Run a server for minutes under chatters, flooders, non-readers and churners, and judge
@@ -233,6 +238,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<i32> {
             runtime.block_on(compare::compare(args, descriptors))?;
             Ok(0)
         }
+        Command::Cluster(args) => runtime.block_on(cluster::cluster(args, descriptors)),
         Command::Run(args) => runtime.block_on(run(args, descriptors)),
         Command::Soak(args) => runtime.block_on(soak::soak(args, descriptors)),
     }
@@ -265,6 +271,7 @@ async fn run(args: RunArgs, descriptors: u64) -> anyhow::Result<i32> {
     }
     let target = Target {
         addr: args.addr,
+        also: Vec::new(),
         process: args.server_pid.map(|pid| Process { pid }),
         tls,
         ws: args.ws,
