@@ -418,7 +418,7 @@ impl Session {
             let mut deferred = std::mem::take(&mut self.deferred).into_iter();
             for text in deferred.by_ref() {
                 self.act_on(command::parse(&text));
-                if self.asking.is_some() {
+                if self.asking.is_some() || self.quit.is_some() {
                     break;
                 }
             }

@@ -172,3 +172,20 @@ return 0
 ",
     )
 });
+
+/// How many members every other node has: node, count, node, count... KEYS: the node set.
+/// ARGV: members prefix, this node.
+pub static COUNTS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local counts = {}
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if node ~= ARGV[2] then
+    counts[#counts + 1] = node
+    counts[#counts + 1] = redis.call('ZCARD', ARGV[1] .. node)
+  end
+end
+return counts
+",
+    )
+});

@@ -269,6 +269,18 @@ async fn announce_presence(
     tokio::time::timeout(REDIS_TIMEOUT, sent)
         .await
         .map_err(|_| timeout_error())??;
+    // The other nodes' counts now, for `N online`, rather than at their next heartbeat.
+    let mut invocation = keys::COUNTS.key(keys::NODES);
+    invocation.arg(keys::MEMBERS_PREFIX).arg(&cluster.node);
+    let counts = invocation.invoke_async::<Vec<(String, usize)>>(connection);
+    let counts = tokio::time::timeout(REDIS_TIMEOUT, counts)
+        .await
+        .map_err(|_| timeout_error())??;
+    for (node, members) in counts {
+        if members > 0 {
+            cluster.heard_from(&node, members);
+        }
+    }
     heartbeat(cluster, connection).await
 }
 

@@ -1183,10 +1183,7 @@ async fn connect_client(
             (ReadSide::Plain(reader), WriteSide::Plain(writer))
         }
         Some(tls) => {
-            let stream = tls
-                .connect(stream, addr)
-                .await
-                .context("TLS handshake")?;
+            let stream = tls.connect(stream, addr).await.context("TLS handshake")?;
             let (reader, writer) = tokio::io::split(stream);
             (ReadSide::Tls(reader), WriteSide::Tls(writer))
         }
