@@ -474,3 +474,22 @@ fn a_node_cut_off_catches_up_from_the_stream_once_each() {
     alice.send_line("welcome back");
     bob.expect_line("alice says: welcome back");
 }
+
+#[test]
+#[ignore = "needs redis-server: apt-get install redis-server"]
+fn joins_renames_me_and_leaves_are_heard_on_every_node_with_the_cluster_count() {
+    let redis = Redis::start();
+    let a = node(&redis, "a");
+    let mut alice = join_as(&a, "alice");
+    // Node b comes up after alice joined: it counts her all the same.
+    let mut b = node(&redis, "b");
+    let (mut bob, bob_name) = join(&b);
+    alice.expect_line(&format!("* {bob_name} joined (2 online)"));
+    bob.send_line("/nick bob");
+    alice.expect_line(&format!("* {bob_name} is now bob"));
+    bob.send_line("/me waves");
+    alice.expect_line("* bob waves");
+    b.terminate();
+    bob.expect_line_containing("* server shutting down");
+    alice.expect_line("* bob left (1 online)");
+}

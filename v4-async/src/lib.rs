@@ -25,8 +25,9 @@
 //! ## Reading order
 //!
 //! v4 is a library with a thin binary (`main.rs` parses flags and calls [`run`]), so that the
-//! room serves any transport: plaintext TCP, TLS and a browser's WebSocket today, a bridge to
-//! other servers later, without a copy of the room. Read it in this order:
+//! room serves any transport: plaintext TCP, TLS and a browser's WebSocket, and a bridge to
+//! other processes ([`bridge`], which v5-cluster fills), without a copy of the room. Read it
+//! in this order:
 //!
 //! 1. [`room`]: who is in the room, the one lock that orders it, and the backpressure: a reader
 //!    reads only what every other member's queue has room for.

@@ -13,6 +13,9 @@
 //!   into room it reserved first (the backpressure below); [`Room::rename`], [`Room::list`] and
 //!   [`Room::send_private`] answer `/nick`, `/list` and `/msg`.
 //! - [`Room::leave`] removes it; [`Room::shut_down`] says goodbye to everyone.
+//! - With a [`Bridge`] (v5-cluster; v4 has none), the room tells it what its members do, and
+//!   takes what comes from other processes: [`Room::relay_from_elsewhere`] (held back like a
+//!   reader), [`Room::announce`], [`Room::send_private`] and [`Room::remember`].
 //!
 //! **Backpressure: readers wait for room before they read.** Pushing without waiting is safe
 //! only if senders cannot outrun the receivers, and they easily could: a two-byte line `a\n`

@@ -152,7 +152,7 @@ return names
     )
 });
 
-/// Whether a member called ARGV[2] is on another node: 1 or 0. A nickname's claim says
+/// Whether a member called `ARGV[2]` is on another node: 1 or 0. A nickname's claim says
 /// where it is; a default name ends with `@node`. KEYS: the claim. ARGV: members prefix,
 /// name, this node, and `1` if the name is a nickname.
 pub static FIND: LazyLock<Script> = LazyLock::new(|| {

@@ -152,8 +152,8 @@ struct Cli {
     #[arg(long, value_name = "HOST:PORT", default_value = V5_ADDR_DEFAULT, value_parser = addr_arg)]
     addr: SocketAddr,
 
-    /// The Redis every node of the cluster uses: redis://[:PASSWORD@]HOST:PORT, or rediss://
-    /// for TLS.
+    /// The Redis every node of the cluster uses: redis://HOST:PORT, redis://:PASSWORD@HOST:PORT,
+    /// or rediss://... for TLS.
     #[arg(long, value_name = "URL", default_value = REDIS_DEFAULT)]
     redis: String,
 
