@@ -55,6 +55,10 @@ const BACKFILL_CHUNK: usize = 16 * 1024;
 /// published, within the two seconds a shutdown may take.
 const LEAVE_FLUSH: Duration = Duration::from_millis(300);
 
+/// How long a node that is stopping waits for Redis to take its goodbye: with
+/// [`LEAVE_FLUSH`], half a second at most, within the two seconds a shutdown may take.
+const GOODBYE_TIMEOUT: Duration = Duration::from_millis(200);
+
 /// Keeps the link to Redis up for as long as the node runs; see the module's doc.
 pub async fn keep_linked(cluster: Arc<Cluster>, client: Client) {
     let mut wait = RECONNECT_FIRST;
@@ -544,7 +548,7 @@ fn decode_entries(entries: Vec<(String, Vec<String>)>) -> Vec<(StreamId, String,
 }
 
 /// Leaves the cluster on shutdown: lets the last events (members leaving) go out, then says
-/// goodbye and takes this node's presence away, all within [`LEAVE_FLUSH`] and a round trip.
+/// goodbye and takes this node's presence away, within [`LEAVE_FLUSH`] and [`GOODBYE_TIMEOUT`].
 pub async fn leave(cluster: &Cluster) {
     let deadline = tokio::time::Instant::now() + LEAVE_FLUSH;
     while !cluster.outgoing.is_empty() && tokio::time::Instant::now() < deadline {
@@ -564,7 +568,7 @@ pub async fn leave(cluster: &Cluster) {
         .srem(keys::NODES, &cluster.node)
         .ignore();
     let sent = pipe.query_async::<()>(&mut connection);
-    if !matches!(tokio::time::timeout(REDIS_TIMEOUT, sent).await, Ok(Ok(()))) {
+    if !matches!(tokio::time::timeout(GOODBYE_TIMEOUT, sent).await, Ok(Ok(()))) {
         tracing::warn!("could not say goodbye to the cluster");
     }
 }
