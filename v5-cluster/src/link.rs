@@ -568,7 +568,10 @@ pub async fn leave(cluster: &Cluster) {
         .srem(keys::NODES, &cluster.node)
         .ignore();
     let sent = pipe.query_async::<()>(&mut connection);
-    if !matches!(tokio::time::timeout(GOODBYE_TIMEOUT, sent).await, Ok(Ok(()))) {
+    if !matches!(
+        tokio::time::timeout(GOODBYE_TIMEOUT, sent).await,
+        Ok(Ok(()))
+    ) {
         tracing::warn!("could not say goodbye to the cluster");
     }
 }
