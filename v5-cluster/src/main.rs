@@ -109,7 +109,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use v4_async::shutdown::ShutdownSignals;
 use v4_async::tls::{CertSource, Identity};
-use v4_async::{Config, Listeners, TlsListener};
+use v4_async::{Config, Listeners, TlsListener, WebListener};
 
 use crate::cluster::Cluster;
 
@@ -206,6 +206,15 @@ struct Cli {
     #[arg(long, value_name = "MS", default_value_t = TLS_HANDSHAKE_TIMEOUT_DEFAULT_MS,
           value_parser = in_range(TLS_HANDSHAKE_TIMEOUT_RANGE_MS))]
     tls_handshake_timeout_ms: u64,
+
+    /// Also serve the chat page and its WebSocket here (HTTPS and WSS with the TLS certificate).
+    #[arg(long, value_name = "HOST:PORT", value_parser = addr_arg)]
+    web_addr: Option<SocketAddr>,
+
+    /// Another origin whose pages may open the WebSocket, e.g. https://chat.example.org
+    /// (repeatable; the page's own origin always may).
+    #[arg(long, value_name = "ORIGIN", value_parser = web_origin)]
+    web_origin: Vec<String>,
 }
 
 impl Cli {
@@ -254,6 +263,20 @@ fn lines_per_second(input: &str) -> Result<f64, String> {
         Ok(rate) if (0.0..=RATE_MAX).contains(&rate) => Ok(rate),
         _ => Err(format!(
             "\"{input}\" is out of range: give lines per second from 0 to {RATE_MAX} (0: no limit)"
+        )),
+    }
+}
+
+/// `--web-origin`, as v4: `scheme://host[:port]` as a browser sends it in `Origin`.
+fn web_origin(input: &str) -> Result<String, String> {
+    let origin = input.trim().trim_end_matches('/');
+    let rest = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains('/') => Ok(origin.to_owned()),
+        _ => Err(format!(
+            "\"{input}\" is not an origin: give http://HOST[:PORT] or https://HOST[:PORT]"
         )),
     }
 }
@@ -334,6 +357,26 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let web = match cli.web_addr {
+        Some(addr) => {
+            let listener = tokio_listener(startup::bind_listener(addr)?)?;
+            let bound = listener
+                .local_addr()
+                .context("cannot read the web listening address")?;
+            let tls = tls.as_ref().map(|tls| {
+                let handshake_timeout = Duration::from_millis(cli.tls_handshake_timeout_ms);
+                (tls.acceptor.clone(), handshake_timeout)
+            });
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            tracing::info!("web on {scheme}://{bound}/");
+            Some(WebListener {
+                listener,
+                tls,
+                origins: cli.web_origin.clone(),
+            })
+        }
+        None => None,
+    };
     let bound = plain
         .local_addr()
         .context("cannot read the listening address")?;
@@ -357,6 +400,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let listeners = Listeners {
         plain: tokio_listener(plain)?,
         tls,
+        web,
     };
     let shutdown = async {
         let signal = signals.first().await;
