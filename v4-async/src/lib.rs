@@ -24,10 +24,10 @@
 //!
 //! ## Reading order
 //!
-//! v4 is a library with a thin binary (`main.rs` parses flags and calls [`run`]), so that the
-//! room serves any transport: plaintext TCP, TLS and a browser's WebSocket, and a bridge to
-//! other processes ([`bridge`], which v5-cluster fills), without a copy of the room. Read it
-//! in this order:
+//! v4 is a library with a thin binary (`main.rs` parses the flags of [`flags`], binds the
+//! listeners they ask for and calls [`run`]), so that the room serves any transport:
+//! plaintext TCP, TLS and a browser's WebSocket, and a bridge to other processes ([`bridge`],
+//! which v5-cluster fills), without a copy of the room. Read it in this order:
 //!
 //! 1. [`room`]: who is in the room, the one lock that orders it, and the backpressure: a reader
 //!    reads only what every other member's queue has room for.
@@ -44,8 +44,9 @@
 //! 7. [`shutdown`]: Ctrl-C, SIGTERM and SIGHUP, and the goodbye.
 //! 8. The two features with a state of their own: `history` (what a newcomer is replayed) and
 //!    `rate` (the token bucket behind `--rate`).
-//! 8. [`bridge`]: the seam through which v5-cluster shares this room with other processes;
+//! 9. [`bridge`]: the seam through which v5-cluster shares this room with other processes;
 //!    v4 leaves it empty.
+//! 10. [`flags`]: the command line, which v5-cluster's binary shares.
 //!
 //! ## What changed since v3
 //!
@@ -109,6 +110,7 @@
 #![allow(rustdoc::private_intra_doc_links)]
 
 pub mod bridge;
+pub mod flags;
 mod history;
 pub mod listeners;
 pub mod outbox;

@@ -94,51 +94,25 @@ mod queue;
 mod wire;
 
 use std::net::SocketAddr;
-use std::ops::RangeInclusive;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::{anyhow, Context as _};
-use chat_protocol::cli::{
-    addr_arg, in_range, AnnounceLimit, ConnectionLimits, QueueLimit, StallLimit, V5_ADDR_DEFAULT,
-};
+use anyhow::Context as _;
+use chat_protocol::cli::{addr_arg, V5_ADDR_DEFAULT};
 use chat_protocol::startup;
 use clap::Parser;
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
+use v4_async::flags::{RoomFlags, HISTORY_RANGE};
 use v4_async::shutdown::ShutdownSignals;
-use v4_async::tls::{CertSource, Identity};
-use v4_async::{Config, Listeners, TlsListener, WebListener};
 
 use crate::cluster::Cluster;
 
 /// Default `--redis`: a Redis on this machine, its default port.
 const REDIS_DEFAULT: &str = "redis://127.0.0.1:6379";
 
-/// Default `--history`, as v4: enough recent lines for a newcomer to pick up the thread.
-const HISTORY_DEFAULT: usize = 20;
-
-/// `--history`: at most what the cluster's stream keeps.
-const HISTORY_RANGE: RangeInclusive<usize> = 0..=keys::HISTORY_ENTRIES;
-
-/// Default `--rate`, as v4.
-const RATE_DEFAULT: f64 = 10.0;
-
-/// Highest `--rate`, as v4.
-const RATE_MAX: f64 = 1_000_000.0;
-
-/// `--idle-timeout`: up to a week, as v4.
-const IDLE_TIMEOUT_RANGE: RangeInclusive<u64> = 0..=7 * 24 * 60 * 60;
-
-/// Default `--tls-handshake-timeout-ms` (SPEC 8), as v4.
-const TLS_HANDSHAKE_TIMEOUT_DEFAULT_MS: u64 = 10_000;
-
-/// `--tls-handshake-timeout-ms`, as v4.
-const TLS_HANDSHAKE_TIMEOUT_RANGE_MS: RangeInclusive<u64> = 1..=600_000;
-
 /// Longest `--node`: it is in every default name and every message between nodes.
 const NODE_MAX: usize = 64;
+
+// `--history` can ask for no more than the cluster's stream keeps.
+const _: () = assert!(*HISTORY_RANGE.end() <= keys::HISTORY_ENTRIES);
 
 /// `v5-cluster`: v4's room, shared across nodes through Redis.
 #[derive(Debug, Parser)]
@@ -160,125 +134,9 @@ struct Cli {
     #[arg(long, value_name = "NAME", value_parser = node_name)]
     node: Option<String>,
 
+    /// Every flag of v4's room, the same here.
     #[command(flatten)]
-    connections: ConnectionLimits,
-
-    #[command(flatten)]
-    queue: QueueLimit,
-
-    #[command(flatten)]
-    stall: StallLimit,
-
-    #[command(flatten)]
-    announce: AnnounceLimit,
-
-    /// Chat lines replayed to each newcomer, oldest first (within half a --max-queue of bytes).
-    #[arg(long, value_name = "LINES", default_value_t = HISTORY_DEFAULT,
-          value_parser = in_range(HISTORY_RANGE))]
-    history: usize,
-
-    /// Lines per second each client may send (bursts of twice that); 0 turns the limit off.
-    #[arg(long, value_name = "LINES_PER_SEC", default_value_t = RATE_DEFAULT, value_parser = lines_per_second)]
-    rate: f64,
-
-    /// Disconnect a client that sends no line for this many seconds; 0 never does.
-    #[arg(long, value_name = "SECS", default_value_t = 0,
-          value_parser = in_range(IDLE_TIMEOUT_RANGE))]
-    idle_timeout: u64,
-
-    /// Also listen for TLS here (needs --tls-cert and --tls-key, or --tls-self-signed).
-    #[arg(long, value_name = "HOST:PORT", value_parser = addr_arg)]
-    tls_addr: Option<SocketAddr>,
-
-    /// The TLS certificate chain, PEM, leaf first (with --tls-key).
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-
-    /// The TLS private key, PEM: PKCS#8, PKCS#1 or SEC1 (with --tls-cert).
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-
-    /// Make a certificate for localhost, 127.0.0.1 and ::1 at start-up, valid for a year.
-    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
-    tls_self_signed: bool,
-
-    /// Close a TLS connection whose handshake has not finished in this many milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = TLS_HANDSHAKE_TIMEOUT_DEFAULT_MS,
-          value_parser = in_range(TLS_HANDSHAKE_TIMEOUT_RANGE_MS))]
-    tls_handshake_timeout_ms: u64,
-
-    /// Also serve the chat page and its WebSocket here (HTTPS and WSS with the TLS certificate).
-    #[arg(long, value_name = "HOST:PORT", value_parser = addr_arg)]
-    web_addr: Option<SocketAddr>,
-
-    /// Another origin whose pages may open the WebSocket, e.g. https://chat.example.org
-    /// (repeatable; the page's own origin always may).
-    #[arg(long, value_name = "ORIGIN", value_parser = web_origin)]
-    web_origin: Vec<String>,
-}
-
-impl Cli {
-    /// The room's limits, and its bridge to the cluster.
-    fn config(&self, cluster: Arc<Cluster>) -> Config {
-        Config {
-            max_clients: self.connections.max_clients,
-            max_line: self.connections.max_line,
-            max_per_ip: self.connections.max_per_ip,
-            max_queue: self.queue.max_queue,
-            stall: Duration::from_millis(self.stall.stall_ms),
-            announce_limit: self.announce.announce_limit,
-            history: self.history,
-            rate: (self.rate > 0.0).then_some(self.rate),
-            idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),
-            bridge: Some(cluster),
-        }
-    }
-
-    /// As v4: where the TLS listener goes and its certificate comes from, if anywhere.
-    fn tls(&self) -> anyhow::Result<Option<(SocketAddr, CertSource)>> {
-        let source = match (&self.tls_cert, &self.tls_key, self.tls_self_signed) {
-            (Some(cert), Some(key), false) => Some(CertSource::Files {
-                cert: cert.clone(),
-                key: key.clone(),
-            }),
-            (None, None, true) => Some(CertSource::SelfSigned),
-            _ => None,
-        };
-        match (self.tls_addr, source) {
-            (Some(addr), Some(source)) => Ok(Some((addr, source))),
-            (None, None) => Ok(None),
-            (Some(addr), None) => Err(anyhow!(
-                "--tls-addr {addr} needs a certificate: --tls-cert FILE --tls-key FILE, or --tls-self-signed"
-            )),
-            (None, Some(_)) => Err(anyhow!(
-                "a TLS certificate was given without --tls-addr to serve it on"
-            )),
-        }
-    }
-}
-
-/// `--rate`, as v4.
-fn lines_per_second(input: &str) -> Result<f64, String> {
-    match input.trim().parse::<f64>() {
-        Ok(rate) if (0.0..=RATE_MAX).contains(&rate) => Ok(rate),
-        _ => Err(format!(
-            "\"{input}\" is out of range: give lines per second from 0 to {RATE_MAX} (0: no limit)"
-        )),
-    }
-}
-
-/// `--web-origin`, as v4: `scheme://host[:port]` as a browser sends it in `Origin`.
-fn web_origin(input: &str) -> Result<String, String> {
-    let origin = input.trim().trim_end_matches('/');
-    let rest = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"));
-    match rest {
-        Some(host) if !host.is_empty() && !host.contains('/') => Ok(origin.to_owned()),
-        _ => Err(format!(
-            "\"{input}\" is not an origin: give http://HOST[:PORT] or https://HOST[:PORT]"
-        )),
-    }
+    room: RoomFlags,
 }
 
 /// `--node`: 1 to [`NODE_MAX`] printable characters without spaces (it ends every default
@@ -335,59 +193,20 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             without_password(&cli.redis)
         )
     })?;
-    let tls = cli.tls()?;
-    let identity = tls
-        .as_ref()
-        .map(|(_, source)| Identity::new(source))
-        .transpose()?;
     let signals = ShutdownSignals::listen();
-    let plain = startup::bind_listener(cli.addr)?;
-    let tls = match (tls, identity) {
-        (Some((addr, _)), Some(identity)) => {
-            let listener = tokio_listener(startup::bind_listener(addr)?)?;
-            let bound = listener
-                .local_addr()
-                .context("cannot read the TLS listening address")?;
-            tracing::info!("tls on {bound} (certificate {})", identity.fingerprint);
-            Some(TlsListener {
-                listener,
-                acceptor: TlsAcceptor::from(identity.config),
-                handshake_timeout: Duration::from_millis(cli.tls_handshake_timeout_ms),
-            })
-        }
-        _ => None,
-    };
-    let web = match cli.web_addr {
-        Some(addr) => {
-            let listener = tokio_listener(startup::bind_listener(addr)?)?;
-            let bound = listener
-                .local_addr()
-                .context("cannot read the web listening address")?;
-            let tls = tls.as_ref().map(|tls| {
-                let handshake_timeout = Duration::from_millis(cli.tls_handshake_timeout_ms);
-                (tls.acceptor.clone(), handshake_timeout)
-            });
-            let scheme = if tls.is_some() { "https" } else { "http" };
-            tracing::info!("web on {scheme}://{bound}/");
-            Some(WebListener {
-                listener,
-                tls,
-                origins: cli.web_origin.clone(),
-            })
-        }
-        None => None,
-    };
-    let bound = plain
+    let bound = cli.room.bind(cli.addr)?;
+    let address = bound
+        .plain
         .local_addr()
         .context("cannot read the listening address")?;
-    let node = cli.node.clone().unwrap_or_else(|| default_node(bound));
+    let node = cli.node.clone().unwrap_or_else(|| default_node(address));
     tracing::info!(
         "cluster node {node}, Redis at {}",
         without_password(&cli.redis)
     );
-    let cluster = Arc::new(Cluster::new(node, cli.history));
+    let cluster = Arc::new(Cluster::new(node, cli.room.history));
     // Before `listening on`: the first newcomer after a restart of every node gets the history.
-    let last_seen = match link::preload(&client, cli.history).await {
+    let last_seen = match link::preload(&client, cli.room.history).await {
         Some((lines, newest)) => {
             cluster.preload(lines);
             Some(newest)
@@ -396,23 +215,13 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     };
     tokio::spawn(link::keep_linked(Arc::clone(&cluster), client));
     tokio::spawn(link::deliver(Arc::clone(&cluster), last_seen));
-    startup::log_listening("v5-cluster", &plain)?;
-    let listeners = Listeners {
-        plain: tokio_listener(plain)?,
-        tls,
-        web,
-    };
+    startup::log_listening("v5-cluster", &bound.plain)?;
     let shutdown = async {
         let signal = signals.first().await;
         tracing::info!("{signal}: shutting down");
     };
-    v4_async::run(listeners, &cli.config(Arc::clone(&cluster)), shutdown).await;
+    let config = cli.room.config(Some(Arc::clone(&cluster) as _));
+    v4_async::run(bound.into_listeners()?, &config, shutdown).await;
     link::leave(&cluster).await;
     Ok(())
-}
-
-/// A bound std listener, handed to tokio's reactor.
-fn tokio_listener(listener: std::net::TcpListener) -> anyhow::Result<TcpListener> {
-    listener.set_nonblocking(true)?;
-    Ok(TcpListener::from_std(listener)?)
 }
