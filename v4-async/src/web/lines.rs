@@ -286,7 +286,7 @@ impl WebSocketLines {
                 Poll::Pending if taken == 0 => return Poll::Pending,
                 Poll::Pending => break,
             }
-            let Some(end) = rest.iter().position(|&b| b == b'\n') else {
+            let Some(end) = memchr::memchr(b'\n', &rest) else {
                 self.partial.extend_from_slice(&rest);
                 taken += rest.len();
                 break;
