@@ -58,9 +58,10 @@
 //! ## What it costs
 //!
 //! Every line takes one more hop: client to node, node to Redis, Redis to every other node,
-//! and their clients; a round trip to Redis, which across machines is the network's. Redis does the fan-out between nodes, once per node, not once per
-//! client: a node turns one message into a write for each of its members, as in v4. `/nick`,
-//! `/list` and `/pm` to someone elsewhere wait for a Redis answer. Each node keeps two
+//! and their clients; a round trip to Redis, which across machines is the network's. Redis
+//! does the fan-out between nodes, once per node, not once per client: a node turns one
+//! message into a write for each of its members, as in v4. `/nick`, `/list` and `/pm` to
+//! someone elsewhere wait for a Redis answer. Each node keeps two
 //! connections to Redis and two bounded queues; Redis keeps about ten thousand lines of
 //! history.
 //!
