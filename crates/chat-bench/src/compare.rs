@@ -143,35 +143,26 @@ pub async fn compare(args: Args, descriptors: u64) -> anyhow::Result<()> {
                 note_run(&progress, &name, record, &mut runs);
             }
         }
-        for plan in tls_plans.iter().filter(|p| repeat < p.repeats) {
-            let name = format!("{V4_TLS} {} ({} clients)", plan.title, plan.clients);
-            progress.start_run(name.clone());
-            let record = run_one(
-                &v4,
-                &servers.join(v4.binary),
-                plan,
-                repeat,
-                max_clients,
-                Transport::Tls,
-                &progress,
-            )
-            .await;
-            note_run(&progress, &name, record, &mut runs);
-        }
-        for plan in ws_plans.iter().filter(|p| repeat < p.repeats) {
-            let name = format!("{V4_WS} {} ({} clients)", plan.title, plan.clients);
-            progress.start_run(name.clone());
-            let record = run_one(
-                &v4,
-                &servers.join(v4.binary),
-                plan,
-                repeat,
-                max_clients,
-                Transport::Ws,
-                &progress,
-            )
-            .await;
-            note_run(&progress, &name, record, &mut runs);
+        // v4 again, its clients on the TLS listener, then on the WebSocket.
+        for (label, transport, plans) in [
+            (V4_TLS, Transport::Tls, &tls_plans),
+            (V4_WS, Transport::Ws, &ws_plans),
+        ] {
+            for plan in plans.iter().filter(|p| repeat < p.repeats) {
+                let name = format!("{label} {} ({} clients)", plan.title, plan.clients);
+                progress.start_run(name.clone());
+                let record = run_one(
+                    &v4,
+                    &servers.join(v4.binary),
+                    plan,
+                    repeat,
+                    max_clients,
+                    transport,
+                    &progress,
+                )
+                .await;
+                note_run(&progress, &name, record, &mut runs);
+            }
         }
     }
     progress.finish();
