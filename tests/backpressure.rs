@@ -15,7 +15,9 @@ use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use sock_chat_tests::{chat_line, server_tests, Client, Running, Server, DEADLINE};
+use sock_chat_tests::{
+    chat_line, server_tests, Client, Running, Server, DEADLINE, NEVER_STALL_MS, PATIENT_STALL_MS,
+};
 
 server_tests! {
     [v3_broadcast, v3_broadcast_epoll, v4_async] => {
@@ -28,18 +30,6 @@ server_tests! {
         a_client_turned_away_reads_server_full_then_an_orderly_close,
     }
 }
-
-/// `--stall-ms` for scenarios where no reader may be dropped. A reader that keeps reading
-/// empties its queue in milliseconds, but on a loaded 2-core machine a test thread can wait
-/// hundreds of them for a CPU; four times the default keeps such a wait from looking like a
-/// stall, and is still far shorter than a stopped or trickling reader holds the room.
-const PATIENT_STALL_MS: &str = "2000";
-
-/// `--stall-ms` for scenarios where every reader keeps reading, so none may be evicted: the
-/// longest the flag takes. Such a reader empties its queue in milliseconds, but while the whole
-/// workspace is tested on a loaded 2-core machine a test thread has waited more than two
-/// seconds for a CPU (a fast reader was evicted once at 2000 ms); no thread waits a minute.
-const NEVER_STALL_MS: &str = "60000";
 
 /// `--stall-ms` for scenarios that wait for a reader to be dropped: short, so they run fast.
 const SHORT_STALL_MS: &str = "200";

@@ -13,7 +13,9 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use sock_chat_tests::{chat_line, server_tests, Client, Running, Server};
+use sock_chat_tests::{
+    chat_line, server_tests, Client, Running, Server, NEVER_STALL_MS, PATIENT_STALL_MS,
+};
 
 server_tests! {
     [v3_broadcast, v3_broadcast_epoll, v4_async] => {
@@ -28,20 +30,6 @@ server_tests! {
 
 /// What both rooms log when they disconnect a client as too slow.
 const EVICTED: &str = "held the room back";
-
-/// `--stall-ms` for every scenario, since in each some reader must not be evicted. A reader
-/// that keeps reading drains half a queue in milliseconds, but on a loaded 2-core machine a test
-/// thread can wait hundreds of them for a CPU (with 200 ms, a reader that kept up was evicted
-/// once while the whole workspace was being tested); four times the default keeps such a wait
-/// from looking like a stall, and is still far shorter than a stopped or trickling reader holds
-/// the room.
-const PATIENT_STALL_MS: &str = "2000";
-
-/// `--stall-ms` for scenarios where every reader keeps reading, so none may be evicted: the
-/// longest the flag takes. Such a reader empties its queue in milliseconds, but while the whole
-/// workspace is tested on a loaded 2-core machine a test thread has waited more than two
-/// seconds for a CPU (a fast reader was evicted once at 2000 ms); no thread waits a minute.
-const NEVER_STALL_MS: &str = "60000";
 
 /// A flood of this many one-character lines is about 12 MB for each receiver: three times what
 /// the socket buffers of a client that stopped reading hold on loopback (about 4 MB, most of it

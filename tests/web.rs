@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sock_chat_tests::web::{free_web_addr, http_get, WsClient};
-use sock_chat_tests::{chat_line, Client, Running, Server, DEADLINE};
+use sock_chat_tests::{chat_line, Client, Running, Server, DEADLINE, PATIENT_STALL_MS};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
@@ -247,7 +247,7 @@ fn a_websocket_that_never_reads_is_evicted_while_others_keep_chatting() {
         "--web-addr",
         &web.to_string(),
         "--stall-ms",
-        "200",
+        PATIENT_STALL_MS,
     ]);
     let mut listener = running.connect();
     welcomed(&mut listener);

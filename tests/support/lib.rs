@@ -21,6 +21,20 @@ use std::time::{Duration, Instant};
 /// busy 2-core machine; a passing test never waits for it.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
+/// `--stall-ms` for a room where some reader stops or trickles and must be evicted while the
+/// others, which keep reading, must not. A reader that keeps reading drains half a queue in
+/// milliseconds, but on a loaded 2-core machine a test thread can wait hundreds of them for a
+/// CPU (with 200 ms, a reader that kept up was evicted once while the whole workspace was being
+/// tested); four times the default keeps such a wait from looking like a stall, and is still
+/// far shorter than a stopped or trickling reader holds the room.
+pub const PATIENT_STALL_MS: &str = "2000";
+
+/// `--stall-ms` for a room where every reader keeps reading, so none may be evicted: the
+/// longest the flag takes. Such a reader empties its queue in milliseconds, but while the whole
+/// workspace is tested on a loaded 2-core machine a test thread has waited more than two
+/// seconds for a CPU (a fast reader was evicted once at 2000 ms); no thread waits a minute.
+pub const NEVER_STALL_MS: &str = "60000";
+
 /// The server binaries, so that one test body can run against several of them. v2 and v3
 /// come twice, once per `--poller` (SPEC 12): the same behaviour is expected of both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
