@@ -7,10 +7,12 @@
 //!
 //! It starts a `redis-server` of its own (a free loopback port, a temporary directory, no
 //! persistence), `--nodes` v5-cluster nodes on it, and spreads `--clients` over them (client
-//! `i` on node `i mod nodes`); then one v4 with the same clients. Each gets the same two
-//! workloads: a burst (as fast as the window allows) and paced chat. Every line goes to every
-//! other client, on every node, so the tally (lost, duplicated, out of order) checks SPEC 11's
-//! "exactly once, in order per sender" as well as the speed.
+//! `i` on node `i mod nodes`); then one v4 with the same clients. Each gets the same
+//! workloads: a burst of `--clients` (as fast as the window allows), `compare`'s paced chat
+//! (`--paced-clients`, 100, at 100 lines/s per sender) and paced chat again with all
+//! `--clients`. Every line goes to every other client, on every node, so the tally (lost,
+//! duplicated, out of order) checks SPEC 11's "exactly once, in order per sender" as well as
+//! the speed.
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
@@ -22,14 +24,12 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 
 use crate::load::{self, Mode, RunReport, Target, Workload};
+use crate::plans::{PACED_CLIENTS, PACED_RATE};
 use crate::progress::Progress;
 use crate::servers::{self, Server, Version};
 
 /// How long redis-server may take to accept connections.
 const REDIS_START: Duration = Duration::from_secs(10);
-
-/// Lines per second each paced sender sends, as `compare`'s paced chat.
-const PACED_RATE: f64 = 100.0;
 
 /// v5-cluster, for [`Server::start`]: a room, unthrottled, without join notices.
 const V5: Version = Version {
@@ -46,6 +46,10 @@ pub struct Args {
     /// Clients, spread over the nodes.
     #[arg(long, value_name = "N", default_value_t = 300)]
     clients: usize,
+
+    /// Clients of the first paced run (`compare`'s paced chat); the second has all --clients.
+    #[arg(long, value_name = "N", default_value_t = PACED_CLIENTS)]
+    paced_clients: usize,
 
     /// v5-cluster nodes.
     #[arg(long, value_name = "N", default_value_t = 3)]
@@ -123,44 +127,47 @@ impl Drop for Redis {
 /// `chat-bench cluster`: prints both setups' numbers; exit status 2 if a line was lost,
 /// duplicated or out of order.
 pub async fn cluster(args: Args, descriptors: u64) -> anyhow::Result<i32> {
-    load::check_descriptors(args.clients, descriptors)?;
+    load::check_descriptors(args.clients.max(args.paced_clients), descriptors)?;
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
     let v5 = servers::find_server(&V5, "cluster")?;
     let v4_version = Version::named("v4-async").context("v4-async is a version")?;
     let v4 = servers::find_server(&v4_version, "cluster")?;
-    let max_clients = args.clients + 1;
-    let workloads = [
-        Workload {
-            mode: Mode::Broadcast,
-            clients: args.clients,
-            senders: args.senders,
-            messages: args.messages,
-            rate: None,
-            window: load::default_window(Mode::Broadcast, args.clients, args.senders),
-            hello: None,
-            settle: Duration::ZERO,
-        },
-        Workload {
-            mode: Mode::Broadcast,
-            clients: args.clients,
-            senders: args.senders,
-            messages: (PACED_RATE as u32) * args.paced_seconds,
-            rate: Some(PACED_RATE),
-            window: 0,
-            hello: None,
-            settle: Duration::ZERO,
-        },
-    ];
+    let max_clients = args.clients.max(args.paced_clients) + 1;
+    let burst = Workload {
+        mode: Mode::Broadcast,
+        clients: args.clients,
+        senders: args.senders,
+        messages: args.messages,
+        rate: None,
+        window: load::default_window(Mode::Broadcast, args.clients, args.senders),
+        hello: None,
+        settle: Duration::ZERO,
+    };
+    let paced = |clients| Workload {
+        clients,
+        messages: (PACED_RATE as u32) * args.paced_seconds,
+        rate: Some(PACED_RATE),
+        window: 0,
+        ..burst.clone()
+    };
+    let mut workloads = vec![burst.clone(), paced(args.paced_clients)];
+    if args.clients != args.paced_clients {
+        workloads.push(paced(args.clients));
+    }
     let progress = Progress::new(None);
     let mut rows: Vec<(String, RunReport)> = Vec::new();
     for workload in workloads {
-        let kind = if workload.rate.is_some() {
-            "paced"
-        } else {
-            "burst"
-        };
+        let kind = format!(
+            "{}, {} clients",
+            if workload.rate.is_some() {
+                "paced"
+            } else {
+                "burst"
+            },
+            workload.clients
+        );
         let redis = Redis::start(&args.redis_server)?;
         let url = format!("redis://127.0.0.1:{}", redis.port);
         let mut nodes = Vec::new();
@@ -178,10 +185,7 @@ pub async fn cluster(args: Args, descriptors: u64) -> anyhow::Result<i32> {
             tls: None,
             ws: false,
         };
-        progress.start_run(format!(
-            "{kind}: {} clients over {} v5-cluster nodes",
-            args.clients, args.nodes
-        ));
+        progress.start_run(format!("{kind} over {} v5-cluster nodes", args.nodes));
         let (report, connections) = load::run(workload.clone(), target, &progress).await?;
         drop(connections);
         for node in nodes {
@@ -198,7 +202,7 @@ pub async fn cluster(args: Args, descriptors: u64) -> anyhow::Result<i32> {
             tls: None,
             ws: false,
         };
-        progress.start_run(format!("{kind}: {} clients on one v4-async", args.clients));
+        progress.start_run(format!("{kind} on one v4-async"));
         let (report, connections) = load::run(workload, target, &progress).await?;
         drop(connections);
         single.stop();

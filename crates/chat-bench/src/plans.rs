@@ -198,7 +198,13 @@ pub fn tls_plans(quick: bool) -> Vec<Plan> {
 }
 
 /// The lines per second each paced sender sends: a busy chat, far below any server's limit.
-const PACED_RATE: f64 = 100.0;
+pub const PACED_RATE: f64 = 100.0;
+
+/// How many clients paced chat has: the burst fan-out's room, so that the two compare.
+pub const PACED_CLIENTS: usize = 100;
+
+/// How many of paced chat's clients talk at once.
+pub const PACED_SENDERS: usize = 10;
 
 /// The workloads: the sizes by default, scaled down with `--quick`.
 pub fn plans(quick: bool) -> Vec<Plan> {
@@ -229,8 +235,8 @@ pub fn plans(quick: bool) -> Vec<Plan> {
         Plan {
             kind: Kind::Paced,
             title: "paced chat",
-            clients: 100,
-            senders: 10,
+            clients: PACED_CLIENTS,
+            senders: PACED_SENDERS,
             messages: (PACED_RATE as u32) * paced_seconds,
             rate: Some(PACED_RATE),
             repeats: 1,
