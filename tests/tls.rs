@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sock_chat_tests::client_process::ClientProcess;
-use sock_chat_tests::tls::{TempDir, TestCa, TlsClient, TlsListener};
+use sock_chat_tests::tls::{TempDir, TestCa, TlsListener};
 use sock_chat_tests::{chat_line, Client, Running, Server, DEADLINE};
 
 /// v4 with a self-signed certificate on a second, TLS, port; no rate limit.
@@ -57,7 +57,7 @@ fn a_tls_user_and_a_telnet_user_chat_both_ways() {
     let (running, tls) = self_signed(&[]);
     let mut plain = running.connect();
     welcomed(&mut plain);
-    let mut secure = TlsClient::connect(&tls);
+    let mut secure = tls.connect();
     secure.read_until(|line| line.starts_with("* welcome "));
     plain.read_until(|line| line.contains(" joined "));
 
@@ -179,7 +179,7 @@ fn plaintext_and_garbage_on_the_tls_port_leave_the_server_unharmed() {
         assert!(!String::from_utf8_lossy(&answer).contains("welcome"));
     }
     running.expect_fds_at_most(baseline);
-    let mut secure = TlsClient::connect(&tls);
+    let mut secure = tls.connect();
     secure.read_until(|line| line.starts_with("* welcome "));
     let mut plain = running.connect();
     welcomed(&mut plain);
@@ -218,7 +218,7 @@ fn max_per_ip_holds_on_the_tls_listener() {
     let mut first = Client::connect_from(running.addr, other_host);
     welcomed(&mut first);
     // The same host over TLS is refused, over TLS, with the notice.
-    let mut second = TlsClient::connect_from(&tls, other_host);
+    let mut second = tls.connect_from(other_host);
     assert_eq!(
         second.read_to_close_notify(),
         ["* error: too many connections from your address (max 1)"]
@@ -228,7 +228,7 @@ fn max_per_ip_holds_on_the_tls_listener() {
 #[test]
 fn shutdown_says_goodbye_over_tls_and_ends_with_close_notify() {
     let (mut running, tls) = self_signed(&[]);
-    let mut secure = TlsClient::connect(&tls);
+    let mut secure = tls.connect();
     secure.read_until(|line| line.starts_with("* welcome "));
     let status = running.terminate();
     assert!(status.success(), "{status:?}");

@@ -528,27 +528,31 @@ macro_rules! server_named {
     };
 }
 
-/// One TCP client, reading with a deadline.
+/// One client connection, reading lines with a deadline: over TCP (`Client`, what
+/// [`Running::connect`] gives) or over TLS ([`tls::TlsClient`], what
+/// [`tls::TlsListener::connect`] gives). Sending and reading lines are the same for both; what
+/// only one transport has (a raw socket to reset, a TLS `close_notify`) is in its own `impl`.
 #[derive(Debug)]
-pub struct Client {
-    stream: TcpStream,
+pub struct Client<S = TcpStream> {
+    stream: S,
     /// Bytes read but not yet returned as lines.
     pending: Vec<u8>,
 }
 
-impl Client {
-    pub fn connect(addr: SocketAddr) -> Client {
-        Client::over(TcpStream::connect(addr).expect("connect"))
-    }
+/// What a [`Client`] talks over: a byte stream, and the TCP socket under it.
+pub trait Transport: Read + Write {
+    fn tcp(&self) -> &TcpStream;
+}
 
-    /// Connects from the local address `source` (any port); see [`tcp_from`].
-    pub fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> Client {
-        Client::over(tcp_from(addr, source))
+impl Transport for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
     }
+}
 
-    fn over(stream: TcpStream) -> Client {
-        stream.set_read_timeout(Some(DEADLINE)).unwrap();
-        stream.set_write_timeout(Some(DEADLINE)).unwrap();
+impl<S: Transport> Client<S> {
+    /// Over `stream`, whose reads and writes already time out at [`DEADLINE`].
+    fn over_stream(stream: S) -> Client<S> {
         Client {
             stream,
             pending: Vec::new(),
@@ -557,24 +561,19 @@ impl Client {
 
     /// Our own address, as the server names us (`127.0.0.1:52344`).
     pub fn addr(&self) -> SocketAddr {
-        self.stream.local_addr().unwrap()
+        self.stream.tcp().local_addr().unwrap()
     }
 
+    /// The TCP socket, for a test that writes, shapes or closes it directly.
     pub fn stream(&self) -> &TcpStream {
-        &self.stream
+        self.stream.tcp()
     }
 
     /// Sends raw bytes.
     pub fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("send");
-    }
-
-    /// Sends `bytes` one TCP segment per byte: Nagle's algorithm off, one write each.
-    pub fn send_byte_by_byte(&mut self, bytes: &[u8]) {
-        self.stream.set_nodelay(true).expect("TCP_NODELAY");
-        for byte in bytes {
-            self.send(std::slice::from_ref(byte));
-        }
+        // TLS holds records until flushed; TCP's flush does nothing.
+        self.stream.flush().expect("flush");
     }
 
     /// Sends `text` followed by `\n`.
@@ -629,6 +628,46 @@ impl Client {
         }
     }
 
+    /// Reads until the connection ends: returns every byte not yet returned as a line, and the
+    /// error that ended the connection if it did not end cleanly. Panics at the deadline.
+    fn read_rest(&mut self) -> (Vec<u8>, Option<std::io::Error>) {
+        let mut rest = std::mem::take(&mut self.pending);
+        loop {
+            let mut chunk = [0u8; 64 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return (rest, None),
+                Ok(n) => rest.extend_from_slice(&chunk[..n]),
+                Err(e) if is_timeout(&e) => panic!("server did not close within {DEADLINE:?}"),
+                Err(e) => return (rest, Some(e)),
+            }
+        }
+    }
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        Client::over(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// Connects from the local address `source` (any port); see [`tcp_from`].
+    pub fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> Client {
+        Client::over(tcp_from(addr, source))
+    }
+
+    fn over(stream: TcpStream) -> Client {
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        stream.set_write_timeout(Some(DEADLINE)).unwrap();
+        Client::over_stream(stream)
+    }
+
+    /// Sends `bytes` one TCP segment per byte: Nagle's algorithm off, one write each.
+    pub fn send_byte_by_byte(&mut self, bytes: &[u8]) {
+        self.stream.set_nodelay(true).expect("TCP_NODELAY");
+        for byte in bytes {
+            self.send(std::slice::from_ref(byte));
+        }
+    }
+
     /// Half-closes: the server sees end of file, and we can still read.
     pub fn shutdown_write(&self) {
         self.stream.shutdown(Shutdown::Write).expect("shutdown");
@@ -636,38 +675,24 @@ impl Client {
 
     /// Reads until the server closes the connection; returns the lines that came first.
     pub fn read_to_close(&mut self) -> Vec<String> {
-        let mut rest = std::mem::take(&mut self.pending);
-        loop {
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => rest.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
-                Err(e) if is_timeout(&e) => panic!("server did not close within {DEADLINE:?}"),
-                Err(e) => panic!("read failed: {e}"),
-            }
+        match self.read_rest() {
+            (rest, None) => server_lines(&rest),
+            (rest, Some(e)) if e.kind() == ErrorKind::ConnectionReset => server_lines(&rest),
+            (_, Some(e)) => panic!("read failed: {e}"),
         }
-        server_lines(&rest)
     }
 
     /// Reads until the server closes the connection with a FIN, and returns the lines that came
     /// first. Panics if the connection was reset instead: a reset can destroy the last lines
     /// before they are read, which is what SPEC 4's closing rule prevents.
     pub fn read_to_orderly_close(&mut self) -> Vec<String> {
-        let mut rest = std::mem::take(&mut self.pending);
-        loop {
-            let mut chunk = [0u8; 64 * 1024];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => rest.extend_from_slice(&chunk[..n]),
-                Err(e) if is_timeout(&e) => panic!("server did not close within {DEADLINE:?}"),
-                Err(e) => panic!(
-                    "the connection ended with {e} instead of a FIN; read so far: {:?}",
-                    String::from_utf8_lossy(&rest[rest.len().saturating_sub(200)..])
-                ),
-            }
+        match self.read_rest() {
+            (rest, None) => server_lines(&rest),
+            (rest, Some(e)) => panic!(
+                "the connection ended with {e} instead of a FIN; read so far: {:?}",
+                String::from_utf8_lossy(&rest[rest.len().saturating_sub(200)..])
+            ),
         }
-        server_lines(&rest)
     }
 
     /// Closes the connection with a TCP reset instead of a FIN: what a crashed client does.

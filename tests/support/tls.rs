@@ -1,10 +1,10 @@
 //! TLS from the tests' side: a client that pins the server's certificate, the server's `tls on`
 //! line read back, and certificate authorities made on the spot.
 //!
-//! The client is rustls' blocking API over a `TcpStream` with deadlines, so a TLS test reads
-//! like a plaintext one: send a line, read a line, fail at the deadline.
+//! The client is the tests' [`Client`] over rustls' blocking stream, so a TLS test reads like a
+//! plaintext one: send a line, read a line, fail at the deadline.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use chat_protocol::pin::PinnedCertificate;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
-use crate::{server_lines, tcp_from, Running, DEADLINE};
+use crate::{server_lines, tcp_from, Client, Running, Transport, DEADLINE};
 
 /// What a server's `tls on <ADDR> (certificate sha256:<HEX>)` line says.
 #[derive(Debug, Clone)]
@@ -40,108 +40,60 @@ impl Running {
     }
 }
 
-/// A TLS connection to a server, reading lines with a deadline.
-#[derive(Debug)]
-pub struct TlsClient {
-    stream: StreamOwned<ClientConnection, TcpStream>,
-    pending: Vec<u8>,
-}
-
-impl TlsClient {
-    /// Connects and completes the handshake, trusting exactly the certificate `fingerprint`.
-    pub fn connect(listener: &TlsListener) -> TlsClient {
-        Self::try_connect(listener.addr, &listener.fingerprint).expect("TLS handshake")
+impl TlsListener {
+    /// A new TLS connection, its handshake done, trusting exactly the certificate whose
+    /// fingerprint the `tls on` line gave.
+    pub fn connect(&self) -> TlsClient {
+        self.handshake(TcpStream::connect(self.addr).expect("connect"))
     }
 
-    /// Like [`TlsClient::connect`], from the local address `source` (`127.0.0.2`, say).
-    pub fn connect_from(listener: &TlsListener, source: std::net::IpAddr) -> TlsClient {
-        let tcp = tcp_from(listener.addr, source);
-        Self::over(tcp, listener.addr, &listener.fingerprint).expect("TLS handshake")
+    /// Like [`TlsListener::connect`], from the loopback address `source` (`127.0.0.2`, say),
+    /// which `--max-per-ip` counts.
+    pub fn connect_from(&self, source: std::net::IpAddr) -> TlsClient {
+        self.handshake(tcp_from(self.addr, source))
     }
 
-    /// Like [`TlsClient::connect`], returning the handshake's error instead of panicking.
-    pub fn try_connect(addr: SocketAddr, fingerprint: &str) -> std::io::Result<TlsClient> {
-        Self::over(TcpStream::connect(addr)?, addr, fingerprint)
-    }
-
-    fn over(tcp: TcpStream, addr: SocketAddr, fingerprint: &str) -> std::io::Result<TlsClient> {
-        tcp.set_read_timeout(Some(DEADLINE))?;
-        tcp.set_write_timeout(Some(DEADLINE))?;
+    fn handshake(&self, tcp: TcpStream) -> TlsClient {
+        tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+        tcp.set_write_timeout(Some(DEADLINE)).unwrap();
         let connection = ClientConnection::new(
-            pinned_config(fingerprint),
-            ServerName::IpAddress(addr.ip().into()),
+            pinned_config(&self.fingerprint),
+            ServerName::IpAddress(self.addr.ip().into()),
         )
-        .map_err(std::io::Error::other)?;
+        .expect("a TLS client connection");
         let mut stream = StreamOwned::new(connection, tcp);
         // Drive the handshake now, so that its failure is this call's.
         while stream.conn.is_handshaking() {
-            stream.conn.complete_io(&mut stream.sock)?;
+            stream
+                .conn
+                .complete_io(&mut stream.sock)
+                .expect("TLS handshake");
         }
-        Ok(TlsClient {
-            stream,
-            pending: Vec::new(),
-        })
+        Client::over_stream(stream)
     }
+}
 
-    /// Our own address, as the server names us.
-    pub fn addr(&self) -> SocketAddr {
-        self.stream.sock.local_addr().unwrap()
+/// A TLS connection to a server: a [`Client`] whose bytes go through rustls.
+pub type TlsClient = Client<StreamOwned<ClientConnection, TcpStream>>;
+
+impl Transport for StreamOwned<ClientConnection, TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        &self.sock
     }
+}
 
-    pub fn send_line(&mut self, text: &str) {
-        self.stream
-            .write_all(format!("{text}\n").as_bytes())
-            .expect("send over TLS");
-        self.stream.flush().expect("flush TLS");
-    }
-
-    /// Next line without its `\r\n`; panics at the deadline or if the connection ends.
-    pub fn read_line(&mut self) -> String {
-        loop {
-            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-                let raw: Vec<u8> = self.pending.drain(..=end).collect();
-                let text = String::from_utf8(raw).expect("server lines are UTF-8");
-                return text
-                    .strip_suffix("\r\n")
-                    .unwrap_or_else(|| panic!("{text:?} does not end with \\r\\n"))
-                    .to_owned();
-            }
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => panic!("the TLS connection ended while waiting for a line"),
-                Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
-                Err(e) => panic!("TLS read failed: {e}"),
-            }
-        }
-    }
-
-    /// Reads lines until one satisfies `wanted`.
-    pub fn read_until(&mut self, wanted: impl Fn(&str) -> bool) -> String {
-        loop {
-            let line = self.read_line();
-            if wanted(&line) {
-                return line;
-            }
-        }
-    }
-
+impl TlsClient {
     /// Reads until the server ends the TLS session with its `close_notify`; returns the lines
     /// that came first. Panics on a reset or on a TCP close without `close_notify`.
     pub fn read_to_close_notify(&mut self) -> Vec<String> {
-        let mut rest = std::mem::take(&mut self.pending);
-        loop {
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                // rustls reports a clean end only after the peer's close_notify.
-                Ok(0) => break,
-                Ok(n) => rest.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
-                    panic!("the server closed TCP without a TLS close_notify")
-                }
-                Err(e) => panic!("TLS read failed: {e}"),
+        match self.read_rest() {
+            // rustls reports a clean end only after the peer's close_notify.
+            (rest, None) => server_lines(&rest),
+            (_, Some(e)) if e.kind() == ErrorKind::UnexpectedEof => {
+                panic!("the server closed TCP without a TLS close_notify")
             }
+            (_, Some(e)) => panic!("TLS read failed: {e}"),
         }
-        server_lines(&rest)
     }
 }
 
