@@ -25,9 +25,10 @@
 //! ## Reading order
 //!
 //! v4 is a library with a thin binary (`main.rs` parses the flags of [`flags`], binds the
-//! listeners they ask for and calls [`run`]), so that the room serves any transport:
-//! plaintext TCP, TLS and a browser's WebSocket, and a bridge to other processes ([`bridge`],
-//! which v5-cluster fills), without a copy of the room. Read it in this order:
+//! listeners they ask for and calls [`run`] on the runtime [`start`] builds), so that the room
+//! serves any transport: plaintext TCP, TLS and a browser's WebSocket, and a bridge to other
+//! processes ([`bridge`], which v5-cluster fills), without a copy of the room. Read it in this
+//! order:
 //!
 //! 1. [`room`]: who is in the room, the one lock that orders it, and the backpressure: a reader
 //!    reads only what every other member's queue has room for.
@@ -46,7 +47,8 @@
 //!    `rate` (the token bucket behind `--rate`).
 //! 9. [`bridge`]: the seam through which v5-cluster shares this room with other processes;
 //!    v4 leaves it empty.
-//! 10. [`flags`]: the command line, which v5-cluster's binary shares.
+//! 10. [`flags`] and [`start`]: the command line and the process around the room, which
+//!     v5-cluster's binary shares.
 //!
 //! ## What changed since v3
 //!
@@ -125,6 +127,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
+use chat_protocol::startup;
 use tokio::net::TcpListener;
 
 pub use crate::bridge::Bridge;
@@ -198,4 +202,21 @@ pub async fn run(listeners: Listeners, config: &Config, shutdown: impl Future<Ou
     // Closing the listeners first: nobody new gets in while we say goodbye.
     drop(listeners);
     room.shut_down().await;
+}
+
+/// What a server binary does once its flags are parsed (v4's and v5-cluster's alike): starts
+/// the log and raises the descriptor limit, then runs `serve` to its end on tokio's
+/// multi-threaded runtime, one worker thread per core. A start-up error (the runtime's own, or
+/// one `serve` returns) ends the process with one sentence and exit status 1.
+pub fn start(serve: impl Future<Output = anyhow::Result<()>>) {
+    let _log = startup::init_logging();
+    startup::raise_fd_limit();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
+        .and_then(|runtime| runtime.block_on(serve));
+    if let Err(error) = result {
+        startup::exit_with(&error);
+    }
 }

@@ -13,7 +13,6 @@
 
 use std::net::SocketAddr;
 
-use anyhow::Context as _;
 use chat_protocol::cli::{addr_arg, V4_ADDR_DEFAULT};
 use chat_protocol::startup;
 use clap::Parser;
@@ -36,17 +35,7 @@ struct Cli {
 }
 
 fn main() {
-    let cli = Cli::parse();
-    let _log = startup::init_logging();
-    startup::raise_fd_limit();
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")
-        .and_then(|runtime| runtime.block_on(serve(cli)));
-    if let Err(error) = result {
-        startup::exit_with(&error);
-    }
+    v4_async::start(serve(Cli::parse()));
 }
 
 /// Binds, then serves the room until Ctrl-C, SIGTERM or SIGHUP.

@@ -171,17 +171,7 @@ fn without_password(url: &str) -> String {
 }
 
 fn main() {
-    let cli = Cli::parse();
-    let _log = startup::init_logging();
-    startup::raise_fd_limit();
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")
-        .and_then(|runtime| runtime.block_on(serve(cli)));
-    if let Err(error) = result {
-        startup::exit_with(&error);
-    }
+    v4_async::start(serve(Cli::parse()));
 }
 
 /// Binds, joins the cluster, then serves the room until Ctrl-C, SIGTERM or SIGHUP.
