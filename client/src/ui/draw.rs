@@ -134,12 +134,10 @@ fn draw_status(frame: &mut Frame<'_>, area: Rect, state: &State) {
         Span::raw(format!(" {} · ", status.addr)),
         Span::raw(if status.tls { "TLS" } else { "plain" }),
         Span::raw(" · "),
+        // Always, while this screen is up: when the connection ends, so does the UI, and the
+        // last lines are printed on the normal screen (`ui::run`).
+        Span::styled("connected", Style::new().fg(Color::Green)),
     ];
-    spans.push(if status.connected {
-        Span::styled("connected", Style::new().fg(Color::Green))
-    } else {
-        Span::styled("disconnected", Style::new().fg(Color::Red))
-    });
     if let Some(me) = &status.me {
         spans.push(Span::raw(format!(" · you are {me}")));
     }

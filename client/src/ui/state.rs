@@ -388,7 +388,6 @@ pub struct Status {
     /// The server's address as dialled.
     pub addr: String,
     pub tls: bool,
-    pub connected: bool,
     /// What the server calls us: our address from v4's welcome, our nickname once `/nick`
     /// succeeded. `None` on servers that never say (v1-v3).
     pub me: Option<String>,
@@ -447,7 +446,6 @@ impl State {
             status: Status {
                 addr,
                 tls,
-                connected: true,
                 me: None,
             },
             scroll: 0,
