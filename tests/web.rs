@@ -32,6 +32,9 @@ fn welcomed(client: &mut Client) {
     client.read_until(|line| line.starts_with("* welcome "));
 }
 
+/// `GET /healthz` as one raw request that asks to be closed after the answer.
+const HEALTH_CHECK: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: chat\r\nConnection: close\r\n\r\n";
+
 #[test]
 fn logs_one_web_line_and_serves_the_page_health_and_404() {
     let (running, web) = with_web(&[]);
@@ -315,6 +318,36 @@ fn max_per_ip_holds_on_the_web_listener() {
     // This machine's own address is exempt.
     ws_member(web);
     ws_member(web);
+}
+
+#[test]
+fn one_address_holds_at_most_max_per_ip_page_connections() {
+    let (running, web) = with_web(&["--max-per-ip", "10"]);
+    let crowd: IpAddr = "127.0.0.2".parse().unwrap();
+    // Open and silent, as a browser keeps its page connections between requests.
+    let _held: Vec<Client> = (0..10).map(|_| Client::connect_from(web, crowd)).collect();
+    let mut one_more = Client::connect_from(web, crowd);
+    one_more.send(HEALTH_CHECK);
+    assert_eq!(
+        one_more.read_to_close(),
+        Vec::<String>::new(),
+        "closed without an answer, like a connection beyond the listener's cap"
+    );
+    running.expect_log("10 web connections from 127.0.0.2 open already: closed");
+    // Another address still loads the page.
+    let mut elsewhere = Client::connect_from(web, "127.0.0.3".parse().unwrap());
+    elsewhere.send(HEALTH_CHECK);
+    assert_eq!(elsewhere.read_line(), "HTTP/1.1 200 OK");
+}
+
+#[test]
+fn a_browser_allowed_one_connection_loads_the_page_and_joins() {
+    let (_running, web) = with_web(&["--max-per-ip", "1"]);
+    let browser: IpAddr = "127.0.0.2".parse().unwrap();
+    // What a browser keeps open after loading the page: up to six connections to one host.
+    let _page: Vec<Client> = (0..6).map(|_| Client::connect_from(web, browser)).collect();
+    let mut chat = WsClient::connect_from(web, browser);
+    chat.read_until(|line| line.starts_with("* welcome "));
 }
 
 #[test]

@@ -179,6 +179,7 @@ impl RoomFlags {
                     listener,
                     tls,
                     origins: self.web_origin.clone(),
+                    max_per_ip: self.connections.max_per_ip,
                 })
             }
             None => None,

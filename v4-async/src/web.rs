@@ -38,14 +38,16 @@
 //! TLS handshake within `--tls-handshake-timeout-ms`, a request's headers within
 //! [`REQUEST_TIMEOUT`] (also while a kept-alive connection waits for its next request), at
 //! most [`HTTP_CONNECTIONS_MAX`] HTTP connections at once (a WebSocket stops counting there
-//! once upgraded: the room's `--max-clients` counts it), and tungstenite's message, frame and
-//! buffer sizes, which are unbounded by default, bounded ([`lines`]).
+//! once upgraded: the room's `--max-clients` counts it), at most `--max-per-ip` of them from
+//! one address but never fewer than one browser needs ([`BROWSER_CONNECTIONS`]), so that one
+//! host cannot take them all, and tungstenite's message, frame and buffer sizes, which are
+//! unbounded by default, bounded ([`lines`]).
 
 pub mod lines;
 mod page;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
@@ -55,6 +57,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use chat_protocol::limits::PerIp;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -77,6 +80,13 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// loading the page at once, and it bounds the descriptors a crowd of idle connections takes.
 pub const HTTP_CONNECTIONS_MAX: usize = 256;
 
+/// Fewest plain HTTP connections one address may hold at once, whatever `--max-per-ip` says:
+/// what one browser needs to load the page and then open its WebSocket. Browsers open up to
+/// six HTTP/1.1 connections to a host (Chrome, Firefox, Safari) and keep them open after the
+/// page has loaded, and the WebSocket's handshake is one more until it is upgraded; with any
+/// fewer, `--max-per-ip 1` would refuse a browser its own WebSocket.
+pub const BROWSER_CONNECTIONS: usize = 6 + 1;
+
 /// Bytes hyper may buffer for one request's headers (its minimum): a browser sends well under
 /// 2 KiB.
 const REQUEST_HEADERS_MAX: usize = 8 * 1024;
@@ -89,6 +99,9 @@ pub struct WebListener {
     pub tls: Option<(TlsAcceptor, Duration)>,
     /// `--web-origin`, each as `scheme://host[:port]`.
     pub origins: Vec<String>,
+    /// `--max-per-ip`, which also bounds the plain HTTP connections one address holds (never
+    /// below [`BROWSER_CONNECTIONS`]).
+    pub max_per_ip: usize,
 }
 
 impl std::fmt::Debug for WebListener {
@@ -98,6 +111,7 @@ impl std::fmt::Debug for WebListener {
             .field("listener", &self.listener)
             .field("https", &self.tls.is_some())
             .field("origins", &self.origins)
+            .field("max_per_ip", &self.max_per_ip)
             .finish()
     }
 }
@@ -136,8 +150,17 @@ pub async fn accept_web(web: &WebListener, room: &Arc<Room>) {
     });
     let app = router(shared);
     let connections = Arc::new(Semaphore::new(HTTP_CONNECTIONS_MAX));
+    let share = http_per_address(web.max_per_ip);
+    let per_address = Arc::new(Mutex::new(PerIp::new(share)));
     loop {
         let (socket, addr) = listeners::next_connection(&web.listener).await;
+        // Turned away as one beyond the listener's cap is: closed at once, unread, with a log
+        // line (an answer would mean reading its request first).
+        let Some(counted) = AddressCount::take(&per_address, addr.ip()) else {
+            let ip = addr.ip();
+            tracing::warn!("{addr}: {share} web connections from {ip} open already: closed");
+            continue;
+        };
         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
             tracing::warn!("{addr}: {HTTP_CONNECTIONS_MAX} web connections open already: closed");
             continue;
@@ -157,9 +180,47 @@ pub async fn accept_web(web: &WebListener, room: &Arc<Room>) {
                     }
                 }
             }
-            // Released once the connection closes or becomes a WebSocket.
-            drop(permit);
+            // Released once the connection closes or becomes a WebSocket, which the room
+            // counts from then on.
+            drop((permit, counted));
         });
+    }
+}
+
+/// The plain HTTP connections one address may hold at once: `--max-per-ip` (0: no limit), but
+/// at least what one browser needs. They are counted apart from the room's members, so a
+/// page's own loads never take the slot its WebSocket joins the room with.
+fn http_per_address(max_per_ip: usize) -> usize {
+    match max_per_ip {
+        0 => 0,
+        max => max.max(BROWSER_CONNECTIONS),
+    }
+}
+
+/// One plain HTTP connection counted against its address; no longer counted once dropped.
+struct AddressCount {
+    per_address: Arc<Mutex<PerIp>>,
+    ip: IpAddr,
+}
+
+impl AddressCount {
+    /// Counts a connection from `ip`, or returns `None` if `ip` holds its share already.
+    fn take(per_address: &Arc<Mutex<PerIp>>, ip: IpAddr) -> Option<AddressCount> {
+        let mut counts = per_address.lock().unwrap_or_else(PoisonError::into_inner);
+        counts.try_add(ip).then(|| AddressCount {
+            per_address: Arc::clone(per_address),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressCount {
+    fn drop(&mut self) {
+        let mut counts = self
+            .per_address
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        counts.remove(self.ip);
     }
 }
 
