@@ -25,7 +25,7 @@ use std::time::Duration;
 use chat_protocol::message::CRLF;
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, Pipeline};
+use redis::{AsyncConnectionConfig, Client, ConnectionAddr, Pipeline, RedisError};
 use v4_async::room::ELSEWHERE;
 use v4_async::Room;
 
@@ -62,19 +62,53 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_millis(200);
 /// Keeps the link to Redis up for as long as the node runs; see the module's doc.
 pub async fn keep_linked(cluster: Arc<Cluster>, client: Client) {
     let mut wait = RECONNECT_FIRST;
+    // Why the last try failed, as logged: a Redis that stays out of reach for the same reason
+    // is one line in the log, not one every few seconds.
+    let mut failing: Option<String> = None;
     loop {
         match connect(&client).await {
             Ok((connection, subscription)) => {
                 wait = RECONNECT_FIRST;
+                failing = None;
                 let why = run_link(&cluster, connection, subscription).await;
                 cluster.link_down(&why);
             }
             Err(error) => {
-                tracing::warn!("cannot reach Redis: {error}; trying again in {wait:?}");
+                let why = unreachable_because(&client, &error);
+                if failing.as_ref() != Some(&why) {
+                    tracing::warn!(
+                        "cannot reach Redis (trying again, at most {RECONNECT_MAX:?} apart): {why}"
+                    );
+                    failing = Some(why);
+                }
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(RECONNECT_MAX);
             }
         }
+    }
+}
+
+/// Why Redis could not be reached, for the log: redis-rs's words, and for the two ways a
+/// `rediss://` link fails before Redis has said anything, what to look at.
+fn unreachable_because(client: &Client, error: &anyhow::Error) -> String {
+    let tls = matches!(
+        client.get_connection_info().addr(),
+        ConnectionAddr::TcpTls { .. }
+    );
+    let timed_out = error.is::<tokio::time::error::Elapsed>()
+        || error
+            .downcast_ref::<RedisError>()
+            .is_some_and(RedisError::is_timeout);
+    // rustls says why it refused a certificate in words, not in a type redis-rs passes on.
+    if error.to_string().contains("invalid peer certificate") {
+        format!(
+            "Redis's TLS certificate is not trusted ({error}); if a private CA signed it, give \
+             that CA with --redis-ca FILE"
+        )
+    } else if tls && timed_out {
+        format!("{error} (no answer to the TLS handshake: is that Redis's tls-port?)")
+    } else {
+        error.to_string()
     }
 }
 

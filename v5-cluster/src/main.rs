@@ -53,7 +53,14 @@
 //! - **The link can fail, and the room does not.** Redis unreachable at start: the node
 //!   serves its own clients and tries again with back-off. The link drops: members hear
 //!   `* server cluster link down: only users on this node hear you`, and `* server cluster
-//!   link up` when it is back.
+//!   link up` when it is back. A Redis that turns the node away (a wrong password, a TLS
+//!   certificate the node does not trust) is unreachable too, not a crash: the log says why,
+//!   once while the reason stays the same, and never shows the password.
+//! - **The link can cross a network you do not trust.** A password in the URL
+//!   (`redis://:PASSWORD@HOST:PORT`) keeps out whoever does not have it, and `rediss://`
+//!   speaks TLS to Redis (rustls, like v4's TLS listener): the node checks Redis's certificate
+//!   against the system's CAs, or against `--redis-ca FILE` for a certificate from a private
+//!   CA.
 //!
 //! ## What it costs
 //!
@@ -95,12 +102,16 @@ mod queue;
 mod wire;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use chat_protocol::cli::{addr_arg, V5_ADDR_DEFAULT};
 use chat_protocol::startup;
 use clap::Parser;
+use redis::{ConnectionAddr, TlsCertificates};
+use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+use tokio_rustls::rustls::pki_types::CertificateDer;
 use v4_async::flags::{RoomFlags, HISTORY_RANGE};
 use v4_async::shutdown::ShutdownSignals;
 
@@ -127,9 +138,15 @@ struct Cli {
     addr: SocketAddr,
 
     /// The Redis every node of the cluster uses: redis://HOST:PORT, redis://:PASSWORD@HOST:PORT,
-    /// or rediss://... for TLS.
+    /// or rediss://... for TLS, Redis's certificate checked against the system's CAs (those in
+    /// SSL_CERT_FILE if it is set) or --redis-ca's; #insecure is refused.
     #[arg(long, value_name = "URL", default_value = REDIS_DEFAULT)]
     redis: String,
+
+    /// For rediss://: a PEM file with the CA that signed Redis's certificate (a private CA),
+    /// trusted instead of the system's CAs.
+    #[arg(long, value_name = "FILE")]
+    redis_ca: Option<PathBuf>,
 
     /// This node's name, unique in the cluster (default: host name and port).
     #[arg(long, value_name = "NAME", value_parser = node_name)]
@@ -162,6 +179,49 @@ fn default_node(addr: SocketAddr) -> String {
     format!("{host}:{}", addr.port())
 }
 
+/// The client every connection to Redis is made from, as `--redis` and `--redis-ca` ask. A URL
+/// Redis cannot take or a CA file that is not one is a start-up error; a Redis that does not
+/// answer, or whose certificate is not trusted, is not (the node starts anyway, keeps trying,
+/// and the log says why it cannot get through).
+fn redis_client(url: &str, ca: Option<&Path>) -> anyhow::Result<redis::Client> {
+    let shown = without_password(url);
+    let client =
+        redis::Client::open(url).with_context(|| format!("--redis {shown} is not a Redis URL"))?;
+    let (tls, insecure) = match client.get_connection_info().addr() {
+        ConnectionAddr::TcpTls { insecure, .. } => (true, *insecure),
+        _ => (false, false),
+    };
+    // redis-rs would refuse it at every try, as this build leaves out its insecure mode.
+    anyhow::ensure!(
+        !insecure,
+        "--redis {shown}: #insecure (no certificate check) is not supported; \
+         give the CA that signed Redis's certificate with --redis-ca FILE"
+    );
+    let Some(ca) = ca else {
+        return Ok(client);
+    };
+    // A CA for a plain link would protect nothing: the password and the chat would still
+    // cross the network in the clear, while the person who gave it believes otherwise.
+    anyhow::ensure!(
+        tls,
+        "--redis-ca is for a rediss:// URL, and --redis {shown} is not one"
+    );
+    let pem =
+        std::fs::read(ca).with_context(|| format!("cannot read --redis-ca {}", ca.display()))?;
+    // redis-rs skips what is not a certificate: a key file given by mistake would trust nothing.
+    anyhow::ensure!(
+        CertificateDer::pem_slice_iter(&pem).next().is_some(),
+        "--redis-ca {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+        ca.display()
+    );
+    let certificates = TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    };
+    redis::Client::build_with_tls(url, certificates)
+        .map_err(|error| anyhow::anyhow!("--redis-ca {} is not a usable CA: {error}", ca.display()))
+}
+
 /// The Redis URL with any password hidden, for the log.
 fn without_password(url: &str) -> String {
     match (url.split_once("://"), url.rfind('@')) {
@@ -176,14 +236,7 @@ fn main() {
 
 /// Binds, joins the cluster, then serves the room until Ctrl-C, SIGTERM or SIGHUP.
 async fn serve(cli: Cli) -> anyhow::Result<()> {
-    // A URL Redis cannot take is a start-up error; a Redis that does not answer is not (the
-    // node starts anyway and keeps trying).
-    let client = redis::Client::open(cli.redis.as_str()).with_context(|| {
-        format!(
-            "--redis {} is not a Redis URL",
-            without_password(&cli.redis)
-        )
-    })?;
+    let client = redis_client(&cli.redis, cli.redis_ca.as_deref())?;
     let signals = ShutdownSignals::listen();
     let bound = cli.room.bind(cli.addr)?;
     let address = bound
