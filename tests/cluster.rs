@@ -12,7 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use sock_chat_tests::{Client, Running, Server, DEADLINE};
+use chat_protocol::message::CLUSTER_LINK_DOWN;
+use sock_chat_tests::tls::{TempDir, TestCa};
+use sock_chat_tests::{failed_start, Client, Running, Server, DEADLINE};
 
 /// SPEC 11: a dead node's names are free, and it has left every `/list`, within this.
 const DEAD_NODE_FORGOTTEN: Duration = Duration::from_secs(15);
@@ -25,21 +27,29 @@ struct Redis {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Options beyond the defaults (TLS, a password); later options win in Redis.
+    options: Vec<String>,
 }
 
 impl Redis {
     fn start() -> Redis {
+        let mut redis = Redis::unstarted();
+        redis.launch();
+        redis
+    }
+
+    /// A Redis with its port and directory chosen, not started yet.
+    fn unstarted() -> Redis {
         let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("sock-chat-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temporary directory for redis");
-        let mut redis = Redis {
+        Redis {
             port,
             dir,
             child: None,
-        };
-        redis.launch();
-        redis
+            options: Vec::new(),
+        }
     }
 
     /// Starts redis-server on this port and directory; returns once it accepts connections.
@@ -49,6 +59,7 @@ impl Redis {
             .arg("--dir")
             .arg(&self.dir)
             .args(["--save", "", "--appendonly", "no"])
+            .args(&self.options)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -444,6 +455,39 @@ impl Redis {
         }
         String::from_utf8_lossy(&reply).trim_end().to_owned()
     }
+
+    /// A Redis that speaks only TLS, on its port, with a certificate for 127.0.0.1 from a CA
+    /// made for the test (no system trusts it): the CA's file is what `--redis-ca` takes.
+    fn start_tls() -> (Redis, TestCa) {
+        let mut redis = Redis::unstarted();
+        let ca = TestCa::new(&redis.dir);
+        let file = |path: &PathBuf| path.to_str().unwrap().to_owned();
+        redis.options = vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            redis.port.to_string(),
+            "--tls-cert-file".into(),
+            file(&ca.cert_pem),
+            "--tls-key-file".into(),
+            file(&ca.key_pem),
+            "--tls-ca-cert-file".into(),
+            file(&ca.ca_pem),
+            // Nodes show no certificate of their own: Redis checks who they are by password.
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ];
+        redis.launch();
+        (redis, ca)
+    }
+
+    /// A Redis that serves only clients that give `password`.
+    fn start_with_password(password: &str) -> Redis {
+        let mut redis = Redis::unstarted();
+        redis.options = vec!["--requirepass".into(), password.into()];
+        redis.launch();
+        redis
+    }
 }
 
 #[test]
@@ -499,4 +543,138 @@ fn joins_renames_me_and_leaves_are_heard_on_every_node_with_the_cluster_count() 
     b.terminate();
     bob.expect_line_containing("* server shutting down");
     alice.expect_line_containing("* bob left (");
+}
+
+/// A node named `name` on the Redis at `url`, with `more` flags, as soon as it listens.
+fn node_at(url: &str, name: &str, more: &[&str]) -> Running {
+    let mut args = vec!["--redis", url, "--node", name, "--rate", "0"];
+    args.extend_from_slice(more);
+    Server::V5Cluster.start(&args)
+}
+
+/// Two clients of `lonely`, a node that cannot reach Redis: each is told so on joining, and
+/// they still hear each other.
+fn expect_a_room_of_its_own(lonely: &Running) {
+    let (mut alice, alice_name) = join(lonely);
+    alice.expect_line(CLUSTER_LINK_DOWN);
+    let (mut amy, _) = join(lonely);
+    amy.expect_line(CLUSTER_LINK_DOWN);
+    alice.send_line("anyone?");
+    amy.expect_line_containing(&format!("{alice_name} says: anyone?"));
+}
+
+/// Alice on `a` and bob on `b` hear each other.
+fn expect_chat_across(a: &Running, b: &Running) {
+    let mut alice = join_as(a, "alice");
+    let mut bob = join_as(b, "bob");
+    alice.expect_line_containing("is now bob");
+    alice.send_line("hello from a");
+    bob.expect_line_containing("alice says: hello from a");
+    bob.send_line("hello from b");
+    alice.expect_line_containing("bob says: hello from b");
+}
+
+#[test]
+#[ignore = "needs redis-server: apt-get install redis-server"]
+fn nodes_chat_across_a_rediss_url_given_the_redis_ca() {
+    let (redis, ca) = Redis::start_tls();
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let ca = ca.ca_pem.to_str().unwrap();
+    let a = node_at(&url, "a", &["--redis-ca", ca]);
+    let b = node_at(&url, "b", &["--redis-ca", ca]);
+    a.expect_log("cluster link up");
+    b.expect_log("cluster link up");
+    expect_chat_across(&a, &b);
+}
+
+#[test]
+#[ignore = "needs redis-server: apt-get install redis-server"]
+fn an_untrusted_redis_certificate_leaves_the_node_on_its_own_and_the_log_says_why() {
+    /// Long enough for several tries (the first 100 ms apart, each wait twice the last).
+    const SEVERAL_TRIES: Duration = Duration::from_secs(2);
+    let (redis, _ca) = Redis::start_tls();
+    let lonely = node_at(&format!("rediss://127.0.0.1:{}", redis.port), "lonely", &[]);
+    let why = lonely.expect_log("cannot reach Redis");
+    assert!(why.contains("certificate is not trusted"), "{why}");
+    expect_a_room_of_its_own(&lonely);
+    std::thread::sleep(SEVERAL_TRIES);
+    let said = lonely.log_lines();
+    let times = said
+        .iter()
+        .filter(|line| line.contains("cannot reach Redis"));
+    assert_eq!(times.count(), 1, "once while it keeps failing: {said:?}");
+    assert!(!said.iter().any(|line| line.contains("cluster link up")));
+}
+
+#[test]
+#[ignore = "needs redis-server: apt-get install redis-server"]
+fn nodes_chat_across_a_redis_that_wants_the_password_in_the_url() {
+    let redis = Redis::start_with_password("s3cret-pass");
+    let url = format!("redis://:s3cret-pass@127.0.0.1:{}", redis.port);
+    let a = node_at(&url, "a", &[]);
+    let b = node_at(&url, "b", &[]);
+    a.expect_log("cluster link up");
+    b.expect_log("cluster link up");
+    expect_chat_across(&a, &b);
+}
+
+#[test]
+#[ignore = "needs redis-server: apt-get install redis-server"]
+fn a_wrong_redis_password_leaves_the_node_on_its_own_and_is_never_logged() {
+    const WRONG: &str = "not-the-pass-42";
+    let redis = Redis::start_with_password("s3cret-pass");
+    let lonely = node_at(
+        &format!("redis://:{WRONG}@127.0.0.1:{}", redis.port),
+        "lonely",
+        &[],
+    );
+    let why = lonely.expect_log("cannot reach Redis");
+    assert!(
+        why.to_lowercase().contains("authentication failed"),
+        "{why}"
+    );
+    expect_a_room_of_its_own(&lonely);
+    let said = lonely.log_lines();
+    assert!(
+        !said.iter().any(|line| line.contains(WRONG)),
+        "the password in the log: {said:?}"
+    );
+}
+
+/// Needs no redis-server: each of these fails before the node reaches for Redis.
+#[test]
+fn redis_tls_settings_that_cannot_work_are_start_up_errors() {
+    let dir = TempDir::new("redis-ca");
+    let ca = TestCa::new(&dir.0);
+    let missing = dir.0.join("missing.pem");
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let tls_url = format!("rediss://:s3cret-pass@{nobody}");
+    let plain_url = format!("redis://:s3cret-pass@{nobody}");
+    let insecure_url = format!("{tls_url}/#insecure");
+    let path = |file: &PathBuf| file.to_str().unwrap().to_owned();
+    let cases = [
+        (tls_url.as_str(), path(&missing), path(&missing)),
+        // A key is PEM too, but no certificate: it would trust nothing.
+        (tls_url.as_str(), path(&ca.key_pem), path(&ca.key_pem)),
+        // A CA for a plain link protects nothing.
+        (plain_url.as_str(), path(&ca.ca_pem), "rediss://".to_owned()),
+        (
+            insecure_url.as_str(),
+            path(&ca.ca_pem),
+            "#insecure".to_owned(),
+        ),
+    ];
+    for (url, ca_file, named) in cases {
+        let args = [
+            "--addr",
+            "127.0.0.1:0",
+            "--redis",
+            url,
+            "--redis-ca",
+            &ca_file,
+        ];
+        let stderr = failed_start(&Server::V5Cluster.start_expecting_failure(&args));
+        assert!(stderr.contains(&named), "{args:?}: {stderr}");
+        assert!(!stderr.contains("s3cret-pass"), "the password: {stderr}");
+    }
 }
