@@ -589,6 +589,21 @@ fn nodes_chat_across_a_rediss_url_given_the_redis_ca() {
 
 #[test]
 #[ignore = "needs redis-server: apt-get install redis-server"]
+fn nodes_chat_across_a_rediss_url_marked_insecure_and_the_log_warns() {
+    let (redis, _ca) = Redis::start_tls();
+    let url = format!("rediss://127.0.0.1:{}/#insecure", redis.port);
+    let a = node_at(&url, "a", &[]);
+    let b = node_at(&url, "b", &[]);
+    for node in [&a, &b] {
+        let warning = node.expect_log("#insecure");
+        assert!(warning.contains("not checked"), "{warning}");
+        node.expect_log("cluster link up");
+    }
+    expect_chat_across(&a, &b);
+}
+
+#[test]
+#[ignore = "needs redis-server: apt-get install redis-server"]
 fn an_untrusted_redis_certificate_leaves_the_node_on_its_own_and_the_log_says_why() {
     /// Long enough for several tries (the first 100 ms apart, each wait twice the last).
     const SEVERAL_TRIES: Duration = Duration::from_secs(2);
@@ -658,6 +673,7 @@ fn redis_tls_settings_that_cannot_work_are_start_up_errors() {
         (tls_url.as_str(), path(&ca.key_pem), path(&ca.key_pem)),
         // A CA for a plain link protects nothing.
         (plain_url.as_str(), path(&ca.ca_pem), "rediss://".to_owned()),
+        // #insecure checks nothing, so a CA beside it would be a false comfort.
         (
             insecure_url.as_str(),
             path(&ca.ca_pem),

@@ -60,7 +60,8 @@
 //!   (`redis://:PASSWORD@HOST:PORT`) keeps out whoever does not have it, and `rediss://`
 //!   speaks TLS to Redis (rustls, like v4's TLS listener): the node checks Redis's certificate
 //!   against the system's CAs, or against `--redis-ca FILE` for a certificate from a private
-//!   CA.
+//!   CA (`rediss://...#insecure` checks nothing: encrypted, but to whoever answers; the log
+//!   warns).
 //!
 //! ## What it costs
 //!
@@ -139,7 +140,7 @@ struct Cli {
 
     /// The Redis every node of the cluster uses: redis://HOST:PORT, redis://:PASSWORD@HOST:PORT,
     /// or rediss://... for TLS, Redis's certificate checked against the system's CAs (those in
-    /// SSL_CERT_FILE if it is set) or --redis-ca's; #insecure is refused.
+    /// SSL_CERT_FILE if it is set) or --redis-ca's, or not at all with rediss://...#insecure.
     #[arg(long, value_name = "URL", default_value = REDIS_DEFAULT)]
     redis: String,
 
@@ -191,12 +192,18 @@ fn redis_client(url: &str, ca: Option<&Path>) -> anyhow::Result<redis::Client> {
         ConnectionAddr::TcpTls { insecure, .. } => (true, *insecure),
         _ => (false, false),
     };
-    // redis-rs would refuse it at every try, as this build leaves out its insecure mode.
-    anyhow::ensure!(
-        !insecure,
-        "--redis {shown}: #insecure (no certificate check) is not supported; \
-         give the CA that signed Redis's certificate with --redis-ca FILE"
-    );
+    if insecure {
+        // redis-rs's own way to say "do not check": for a Redis on a network you trust, or a
+        // first try. Said at start, loudly, since nothing else will show it.
+        anyhow::ensure!(
+            ca.is_none(),
+            "--redis {shown}: #insecure checks no certificate, so --redis-ca would do nothing"
+        );
+        tracing::warn!(
+            "--redis {shown}: #insecure: Redis's certificate is not checked, so anyone between \
+             this node and Redis can read and change what they say; give its CA with --redis-ca"
+        );
+    }
     let Some(ca) = ca else {
         return Ok(client);
     };
