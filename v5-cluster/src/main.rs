@@ -69,9 +69,8 @@
 //! and their clients; a round trip to Redis, which across machines is the network's. Redis
 //! does the fan-out between nodes, once per node, not once per client: a node turns one
 //! message into a write for each of its members, as in v4. `/nick`, `/list` and `/pm` to
-//! someone elsewhere wait for a Redis answer. Each node keeps two
-//! connections to Redis and two bounded queues; Redis keeps about ten thousand lines of
-//! history.
+//! someone elsewhere wait for a Redis answer. Each node keeps two connections to Redis and two
+//! bounded queues; Redis keeps about ten thousand lines of history.
 //!
 //! ## What the cluster does not promise
 //!
