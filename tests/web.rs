@@ -384,6 +384,48 @@ fn a_closed_websocket_leaves_the_room() {
     running.expect_fds_at_most(before);
 }
 
+/// SPEC 9's keep-alive, in real time: this test takes a minute.
+#[test]
+fn an_idle_websocket_is_pinged_after_30_s_and_dropped_60_s_after_its_last_frame() {
+    const PING_AFTER: Duration = Duration::from_secs(30);
+    const DROP_AFTER: Duration = Duration::from_secs(60);
+    /// How late a timer may fire on a busy machine before this test calls it missing.
+    const SLACK: Duration = Duration::from_secs(15);
+    let (running, web) = with_web(&[]);
+    let start = Instant::now();
+    // Never reads, so never answers the ping: a laptop closed without a goodbye.
+    let silent = WsClient::connect(web);
+    let silent_name = silent.addr();
+    // Answers pings as a browser does, and says nothing else.
+    let mut listening = ws_member(web);
+
+    listening.expect_ping(PING_AFTER + SLACK);
+    let pinged_after = start.elapsed();
+    assert!(pinged_after >= PING_AFTER, "pinged after {pinged_after:?}");
+
+    listening
+        .tcp()
+        .set_read_timeout(Some(DROP_AFTER - PING_AFTER + SLACK))
+        .unwrap();
+    listening.read_until(|line| line.starts_with(&format!("* {silent_name} left")));
+    let dropped_after = start.elapsed();
+    assert!(
+        dropped_after >= DROP_AFTER,
+        "dropped after {dropped_after:?}"
+    );
+    running.expect_log(&format!(
+        "{silent_name}: WebSocket silent for 60 s, even to a ping: dropped"
+    ));
+
+    // The one that answered is still in the room, past its own minute.
+    listening.tcp().set_read_timeout(Some(DEADLINE)).unwrap();
+    listening.send_text("/list");
+    let list = listening.read_until(|line| line.starts_with("* online"));
+    assert!(list.starts_with("* online (1)"), "{list}");
+    // Held open to here: the server ended it, not us.
+    drop(silent);
+}
+
 #[test]
 fn with_a_certificate_the_web_listener_serves_https_with_it() {
     let running = Server::V4Async.start(&[

@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
 
 use tungstenite::handshake::client::generate_key;
 use tungstenite::http::Request;
@@ -214,5 +215,22 @@ impl WsClient {
     /// The raw connection, to stop reading it or to close it abruptly.
     pub fn tcp(&self) -> &TcpStream {
         self.socket.get_ref()
+    }
+
+    /// Waits up to `within` for the server's ping, skipping text, and answers it with a pong
+    /// at once, as a browser does.
+    pub fn expect_ping(&mut self, within: Duration) {
+        self.tcp().set_read_timeout(Some(within)).unwrap();
+        loop {
+            match self.socket.read() {
+                Ok(Message::Ping(_)) => break,
+                Ok(Message::Text(_) | Message::Pong(_)) => {}
+                Ok(other) => panic!("expected a ping, got {other:?}"),
+                Err(error) => panic!("no ping within {within:?}: {error}"),
+            }
+        }
+        // tungstenite queued the pong when it read the ping; this sends it.
+        self.socket.flush().expect("send the pong");
+        self.tcp().set_read_timeout(Some(DEADLINE)).unwrap();
     }
 }
