@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use chat_protocol::message::CLUSTER_LINK_DOWN;
+use chat_protocol::message::{CLUSTER_LINK_DOWN, CLUSTER_LINK_UP, CLUSTER_NICK_UNAVAILABLE};
 use sock_chat_tests::tls::{TempDir, TestCa};
 use sock_chat_tests::{failed_start, Client, Running, Server, DEADLINE};
 
@@ -693,4 +693,196 @@ fn redis_tls_settings_that_cannot_work_are_start_up_errors() {
         assert!(stderr.contains(&named), "{args:?}: {stderr}");
         assert!(!stderr.contains("s3cret-pass"), "the password: {stderr}");
     }
+}
+
+// --- A Redis that is slow (SPEC 11: the local room keeps working, nothing grows without bound)
+
+/// v5-cluster's `REDIS_TIMEOUT`: no Redis command, the questions `/nick`, `/list` and `/pm`
+/// ask included, waits longer than this for an answer.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// v5-cluster's `HEARTBEAT`: a node sends one this often, so a Redis that stops answering is
+/// noticed within one heartbeat and [`REDIS_TIMEOUT`] even by a node that has nothing to say.
+const HEARTBEAT: Duration = Duration::from_secs(3);
+
+/// How long the tests' Redis sleeps: well past [`HEARTBEAT`] and [`REDIS_TIMEOUT`], the 5 s
+/// within which every node has counted its link down, with time to spare for a loaded
+/// machine, and far longer than any answer or local line should take.
+const REDIS_SLEEP: Duration = Duration::from_secs(12);
+
+/// A question that needs Redis is answered within [`REDIS_TIMEOUT`]; this adds room for a
+/// loaded machine, and is still far shorter than [`REDIS_SLEEP`]: an answer this soon did not
+/// wait for Redis to wake.
+const ANSWERED_WITHIN: Duration = Duration::from_secs(5);
+
+const _: () = assert!(
+    HEARTBEAT.as_secs() + REDIS_TIMEOUT.as_secs() + ANSWERED_WITHIN.as_secs()
+        < REDIS_SLEEP.as_secs()
+);
+
+#[test]
+#[ignore = "needs redis-server: apt-get install redis-server"]
+fn while_redis_sleeps_the_local_room_keeps_talking_and_commands_answer_in_time() {
+    let redis = Redis::start_debuggable();
+    let a = node(&redis, "a");
+    let mut alice = join_as(&a, "alice");
+    let mut amy = join_as(&a, "amy");
+    alice.expect_line_containing("is now amy");
+    let asleep = redis.sleep(REDIS_SLEEP);
+
+    // A claim Redis does not answer is refused once REDIS_TIMEOUT has passed (or at once, if
+    // the node has counted the link down already): the member is not left waiting.
+    let asked = Instant::now();
+    alice.send_line("/nick alicia");
+    let answer = alice.read_until(|line| line.starts_with("* error:") || line.contains(" is now "));
+    assert_eq!(answer, CLUSTER_NICK_UNAVAILABLE);
+    assert!(
+        asked.elapsed() < ANSWERED_WITHIN,
+        "/nick took {:?}",
+        asked.elapsed()
+    );
+    // Redis cannot tell who is online elsewhere: the room's own list is the answer.
+    let asked = Instant::now();
+    let mut online = alice.online();
+    online.sort();
+    assert_eq!(online, ["alice", "amy"]);
+    assert!(
+        asked.elapsed() < ANSWERED_WITHIN,
+        "/list took {:?}",
+        asked.elapsed()
+    );
+
+    alice.send_line("still talking");
+    amy.expect_line_containing("alice says: still talking");
+    let (mut newcomer, newcomer_name) = join(&a);
+    newcomer.send_line("hello, anyone?");
+    amy.expect_line_containing(&format!("{newcomer_name} says: hello, anyone?"));
+    assert!(
+        asleep.is_asleep(),
+        "all of this while Redis slept (else the test proved nothing)"
+    );
+}
+
+#[test]
+#[ignore = "needs redis-server: apt-get install redis-server"]
+fn a_redis_asleep_past_the_timeout_is_a_link_down_then_up_on_every_node() {
+    let redis = Redis::start_debuggable();
+    let a = node(&redis, "a");
+    let b = node(&redis, "b");
+    let mut alice = join_as(&a, "alice");
+    let mut amy = join_as(&a, "amy");
+    let mut bob = join_as(&b, "bob");
+    // Everything said so far has been heard: from here on each client reads exact lines.
+    bob.send_line("ready");
+    alice.expect_line_containing("bob says: ready");
+    amy.expect_line_containing("bob says: ready");
+    alice.send_line("ready");
+    amy.expect_line_containing("alice says: ready");
+    bob.expect_line_containing("alice says: ready");
+    let asleep = redis.sleep(REDIS_SLEEP);
+
+    // No heartbeat is answered: every node counts its link down, once.
+    for client in [&mut alice, &mut amy, &mut bob] {
+        client.expect_line(CLUSTER_LINK_DOWN);
+    }
+    // Said while the link is down: heard on this node only, even once Redis is back.
+    alice.send_line("only here");
+    amy.expect_line("alice says: only here");
+    asleep.wait_until_awake();
+    // Each read waits up to DEADLINE, longer than the longest back-off between two tries.
+    for client in [&mut alice, &mut amy, &mut bob] {
+        client.expect_line(CLUSTER_LINK_UP);
+    }
+    alice.send_line("after the sleep");
+    bob.expect_line("alice says: after the sleep");
+    amy.expect_line("alice says: after the sleep");
+    bob.send_line("me too");
+    alice.expect_line("bob says: me too");
+    amy.expect_line("bob says: me too");
+}
+
+impl Redis {
+    /// A Redis that takes `DEBUG` commands from this machine: 7.0 refuses them unless told.
+    fn start_debuggable() -> Redis {
+        let mut redis = Redis::unstarted();
+        redis.options = vec!["--enable-debug-command".into(), "local".into()];
+        redis.launch();
+        redis
+    }
+
+    /// Makes this Redis answer nobody, on any connection, for `how_long` (`DEBUG SLEEP`: it is
+    /// busy, not gone: the kernel still accepts connections, and what is sent waits), and
+    /// returns once it has gone quiet.
+    fn sleep(&self, how_long: Duration) -> Asleep {
+        use std::io::{Read, Write};
+        /// A PING to an idle Redis on loopback is answered within a millisecond: one sent
+        /// after the `DEBUG SLEEP` and unanswered this long shows the sleep has begun.
+        const QUIET: Duration = Duration::from_millis(500);
+        let sleeping = self.connect();
+        let seconds = how_long.as_secs_f64().to_string();
+        (&sleeping)
+            .write_all(&resp(&["DEBUG", "SLEEP", &seconds]))
+            .expect("send to redis");
+        let asked = Instant::now();
+        loop {
+            let probe = self.connect();
+            probe.set_read_timeout(Some(QUIET)).unwrap();
+            (&probe).write_all(&resp(&["PING"])).expect("send to redis");
+            match (&probe).read(&mut [0u8; 1]) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == std::io::ErrorKind::TimedOut => break,
+                // Answered before the sleep began: the next PING comes after it.
+                _ => assert!(asked.elapsed() < DEADLINE, "Redis never went to sleep"),
+            }
+        }
+        Asleep {
+            reply: sleeping,
+            wakes_by: asked + how_long + DEADLINE,
+        }
+    }
+
+    /// A connection to this Redis.
+    fn connect(&self) -> std::net::TcpStream {
+        std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("redis")
+    }
+}
+
+/// A Redis put to sleep by [`Redis::sleep`]; it answers the `DEBUG SLEEP` when it wakes.
+struct Asleep {
+    reply: std::net::TcpStream,
+    /// Past this, something is wrong: it should have woken long before.
+    wakes_by: Instant,
+}
+
+impl Asleep {
+    /// True while Redis sleeps (it has not answered yet).
+    fn is_asleep(&self) -> bool {
+        self.reply.set_nonblocking(true).unwrap();
+        let looked = self.reply.peek(&mut [0u8; 1]);
+        self.reply.set_nonblocking(false).unwrap();
+        matches!(looked, Err(error) if error.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Returns once Redis has woken.
+    fn wait_until_awake(self) {
+        use std::io::Read;
+        let left = self.wakes_by.saturating_duration_since(Instant::now());
+        self.reply
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        let mut reply = [0u8; 5];
+        (&self.reply)
+            .read_exact(&mut reply)
+            .expect("Redis woke in time");
+        assert_eq!(&reply, b"+OK\r\n");
+    }
+}
+
+/// `args` as a RESP command, the way Redis reads them.
+fn resp(args: &[&str]) -> Vec<u8> {
+    let mut request = format!("*{}\r\n", args.len());
+    for arg in args {
+        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    request.into_bytes()
 }
