@@ -801,6 +801,87 @@ fn a_redis_asleep_past_the_timeout_is_a_link_down_then_up_on_every_node() {
     amy.expect_line("bob says: me too");
 }
 
+/// What v5-cluster may hold for Redis, by its named limits: the queue toward Redis
+/// (`OUTGOING_MAX_BYTES`, 8 MiB) and as much again in the batch its publisher has taken, and
+/// the queue from Redis (`INCOMING_MAX_BYTES`, 16 MiB).
+const CLUSTER_QUEUES_KIB: u64 = (8 + 8 + 16) * 1024;
+
+/// What v4's room may grow by, as tests/v4_limits.rs allows it: reads in flight, its bounded
+/// queues and history, the allocator's slack.
+const ROOM_GROWTH_KIB: u64 = 8 * 1024;
+
+#[test]
+#[ignore = "needs redis-server: apt-get install redis-server"]
+fn a_node_flooded_while_redis_sleeps_stays_small_says_what_it_dropped_and_serves_its_room() {
+    /// What a node may grow by while Redis sleeps, whatever its members say.
+    const GROWTH_MAX_KIB: u64 = CLUSTER_QUEUES_KIB + ROOM_GROWTH_KIB;
+    /// Twice what the node may grow by, in short chat lines: a node that kept them for
+    /// Redis would show it.
+    const FLOOD_BYTES: usize = 2 * GROWTH_MAX_KIB as usize * 1024;
+    /// Written at once: many short lines.
+    const WRITE: usize = 64 * 1024;
+    /// Twice what the queue toward Redis holds (`OUTGOING_MAX_BYTES`).
+    const UNDER_WAY: usize = 16 * 1024 * 1024;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let redis = Redis::start_debuggable();
+    // Warnings only: at `info` the node would log every line of the flood.
+    let a = Server::V5Cluster.start_unthrottled_quietly(&["--redis", &redis.url(), "--node", "a"]);
+    let b = node(&redis, "b");
+    let (mut flooder, flooder_name) = join(&a);
+    let (mut bob, _) = join(&b);
+    // Node b lists the flooder once node a's link is up and has written its presence.
+    eventually(DEADLINE, "node a linked", || {
+        bob.online().contains(&flooder_name)
+    });
+    let rss_before = a.rss_kib();
+    let asleep = redis.sleep(REDIS_SLEEP);
+
+    let mut writer = flooder.stream().try_clone().expect("clone stream");
+    let written = Arc::new(AtomicUsize::new(0));
+    let flooding = {
+        let written = Arc::clone(&written);
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut flood = String::new();
+            let mut i = 0;
+            while flood.len() < WRITE {
+                flood.push_str(&format!("flood {i:08} while redis sleeps\n"));
+                i += 1;
+            }
+            while written.load(Ordering::Relaxed) < FLOOD_BYTES {
+                writer.write_all(flood.as_bytes()).expect("flood");
+                written.fetch_add(flood.len(), Ordering::Relaxed);
+            }
+        })
+    };
+    // Once more than the queue toward Redis holds has been sent, a newcomer is still welcomed
+    // and heard.
+    eventually(DEADLINE, "flood under way", || {
+        written.load(Ordering::Relaxed) > UNDER_WAY
+    });
+    let (mut newcomer, newcomer_name) = join(&a);
+    newcomer.send_line("am I heard?");
+    flooder.expect_line_containing(&format!("{newcomer_name} says: am I heard?"));
+    drop(newcomer);
+    flooding.join().expect("flooder");
+    // Its answer comes once every line before it was read.
+    flooder.send_line("/nick");
+    flooder.expect_line_containing("* you are ");
+    let grew = a.peak_rss_kib().saturating_sub(rss_before);
+    assert!(
+        grew < GROWTH_MAX_KIB,
+        "node a grew by {grew} KiB with {FLOOD_BYTES} bytes of lines while Redis slept"
+    );
+    let dropped = a.expect_log("Redis is not keeping up");
+    assert!(dropped.contains("heard on this node only"), "{dropped}");
+
+    asleep.wait_until_awake();
+    flooder.expect_line_containing(CLUSTER_LINK_UP);
+    flooder.send_line("after the flood");
+    bob.expect_line_containing(&format!("{flooder_name} says: after the flood"));
+}
+
 impl Redis {
     /// A Redis that takes `DEBUG` commands from this machine: 7.0 refuses them unless told.
     fn start_debuggable() -> Redis {
