@@ -882,6 +882,31 @@ fn a_node_flooded_while_redis_sleeps_stays_small_says_what_it_dropped_and_serves
     bob.expect_line_containing(&format!("{flooder_name} says: after the flood"));
 }
 
+#[test]
+#[ignore = "needs redis-server: apt-get install redis-server"]
+fn a_nickname_refused_while_redis_slept_is_free_once_it_wakes() {
+    let redis = Redis::start_debuggable();
+    let a = node(&redis, "a");
+    let b = node(&redis, "b");
+    let mut alice = join_as(&a, "alice");
+    let mut bob = join_as(&b, "bob");
+    alice.expect_line_containing("is now bob");
+    let asleep = redis.sleep(REDIS_SLEEP);
+    // The claim reaches Redis, which runs it when it wakes: a claim for nobody, unless the
+    // node takes it back.
+    alice.send_line("/nick alicia");
+    let answer = alice.read_until(|line| line.starts_with("* error:") || line.contains(" is now "));
+    assert_eq!(answer, CLUSTER_NICK_UNAVAILABLE);
+    asleep.wait_until_awake();
+    alice.expect_line_containing(CLUSTER_LINK_UP);
+    bob.expect_line_containing(CLUSTER_LINK_UP);
+    // Node a publishes only once it has set its presence and claims right on the new link.
+    alice.send_line("back");
+    bob.expect_line("alice says: back");
+    bob.send_line("/nick alicia");
+    bob.expect_line("* bob is now alicia");
+}
+
 impl Redis {
     /// A Redis that takes `DEBUG` commands from this machine: 7.0 refuses them unless told.
     fn start_debuggable() -> Redis {

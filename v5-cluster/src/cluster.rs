@@ -143,6 +143,11 @@ pub struct Cluster {
     pub incoming: Bounded<Incoming>,
     /// Events dropped because the queue toward Redis was full, for the log.
     dropped: AtomicU64,
+    /// Names whose claim Redis did not answer in time. Redis may still run such a claim when
+    /// it catches up (a sleeping Redis runs what was sent to it when it wakes, even on a
+    /// connection the node has given up), and then holds the name for this node though no
+    /// member here took it: the next heartbeat gives back those no member here holds.
+    in_doubt: Mutex<Vec<String>>,
     /// The history read from the stream before the room opened, for the room to start with.
     preloaded: Mutex<Option<String>>,
 }
@@ -160,6 +165,7 @@ impl Cluster {
             outgoing: Bounded::new(OUTGOING_MAX_BYTES),
             incoming: Bounded::new(INCOMING_MAX_BYTES),
             dropped: AtomicU64::new(0),
+            in_doubt: Mutex::default(),
             preloaded: Mutex::default(),
         }
     }
@@ -271,6 +277,35 @@ impl Cluster {
         names
     }
 
+    /// Redis may yet grant `name` to this node, though the member who asked was refused.
+    fn doubt(&self, name: &str) {
+        self.in_doubt().push(name.to_owned());
+    }
+
+    /// The names Redis may have granted to this node that no member here holds, to give
+    /// back (compare-and-delete, so a name another node holds is not touched); forgotten here.
+    pub fn doubts_to_release(&self) -> Vec<String> {
+        let members = self.local_members();
+        let mut doubts = std::mem::take(&mut *self.in_doubt());
+        doubts.retain(|doubt| {
+            !members
+                .iter()
+                .any(|(name, _)| name.eq_ignore_ascii_case(doubt))
+        });
+        doubts
+    }
+
+    /// Names [`Cluster::doubts_to_release`] gave that could not be given back: next time.
+    pub fn doubt_again(&self, names: Vec<String>) {
+        self.in_doubt().extend(names);
+    }
+
+    fn in_doubt(&self) -> MutexGuard<'_, Vec<String>> {
+        self.in_doubt
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
     /// `node` has `members` now.
     pub fn heard_from(&self, node: &str, members: usize) {
         self.others()
@@ -380,9 +415,13 @@ impl Bridge for Cluster {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(error)) => {
                     tracing::warn!("claiming {name}: {error}");
+                    self.doubt(name);
                     Err(message::CLUSTER_NICK_UNAVAILABLE.to_owned())
                 }
-                Err(_) => Err(message::CLUSTER_NICK_UNAVAILABLE.to_owned()),
+                Err(_) => {
+                    self.doubt(name);
+                    Err(message::CLUSTER_NICK_UNAVAILABLE.to_owned())
+                }
             }
         })
     }

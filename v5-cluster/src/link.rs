@@ -332,11 +332,13 @@ async fn beat(cluster: &Cluster, mut connection: MultiplexedConnection) -> Strin
     }
 }
 
-/// One heartbeat: presence and claims live on; the others hear we are alive.
+/// One heartbeat: claims Redis granted when nobody was waiting any more are given back,
+/// presence and claims live on, and the others hear we are alive.
 async fn heartbeat(
     cluster: &Cluster,
     connection: &mut MultiplexedConnection,
 ) -> redis::RedisResult<()> {
+    release_doubts(cluster, connection).await?;
     let members = cluster.local_members();
     let mut invocation = keys::HEARTBEAT.key(keys::members(&cluster.node));
     invocation
@@ -369,6 +371,37 @@ async fn heartbeat(
     tokio::time::timeout(REDIS_TIMEOUT, published)
         .await
         .map_err(|_| timeout_error())?
+}
+
+/// Gives back the names whose claim Redis ran too late for the member who asked (see
+/// [`Cluster::doubts_to_release`]). On this link, that claim was sent before: Redis runs it
+/// first. On a new link, Redis has run what waited on the old one, unless a flood was
+/// queued ahead of it there; such a claim lapses within [`CLAIM_TTL`].
+async fn release_doubts(
+    cluster: &Cluster,
+    connection: &mut MultiplexedConnection,
+) -> redis::RedisResult<()> {
+    let doubts = cluster.doubts_to_release();
+    if doubts.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for name in &doubts {
+        pipe.cmd("EVALSHA")
+            .arg(keys::RELEASE.get_hash())
+            .arg(1)
+            .arg(keys::nick(name))
+            .arg(&cluster.node)
+            .ignore();
+    }
+    let released = tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<()>(connection)).await;
+    let failed = match released {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(error)) => error,
+        Err(_) => timeout_error(),
+    };
+    cluster.doubt_again(doubts);
+    Err(failed)
 }
 
 fn timeout_error() -> redis::RedisError {

@@ -45,7 +45,9 @@
 //!   A heartbeat every few seconds keeps a node's claims and presence alive; a node that dies
 //!   stops beating, and its names are free and its members leave `/list` within a claim's
 //!   lifetime. A name is released by compare-and-delete, so a node never frees a name another
-//!   node has claimed since. A member without a nickname is `ADDRESS@NODE`.
+//!   node has claimed since. A claim Redis does not answer in time is refused to the member,
+//!   and given back at the next heartbeat: a slow Redis may still run it when it catches up.
+//!   A member without a nickname is `ADDRESS@NODE`.
 //! - **`/list`, `/pm`, `N online` and the history are the cluster's.** `/list` reads every
 //!   node's presence; `/pm` finds the node that holds a name; `N online` counts what the other
 //!   nodes last said they have; a newcomer's history is loaded from the stream when the node
@@ -84,7 +86,9 @@
 //!   has, the way Centrifugo recovers a channel. That reaches back about ten thousand lines.
 //!   What is still lost: what a node's own members said while its link was down reached only
 //!   them (their lines were not in the stream), and joins, leaves, renames and private lines
-//!   sent while a node was cut off (those are not in the stream).
+//!   sent while a node was cut off (those are not in the stream). So is what overflows the
+//!   bounded queue toward a Redis too slow for this node's members: it is dropped, heard on
+//!   this node only, and the log says so, rather than held in memory without bound.
 //! - **Names after a long split.** A node cut off for longer than a claim lives loses its
 //!   claims; if another node's member takes one of those names meanwhile, both keep it until
 //!   one renames (the log says so).
