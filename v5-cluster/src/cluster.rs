@@ -249,17 +249,18 @@ impl Cluster {
     }
 
     /// Queues `event` toward Redis while the link is up; a full queue drops it, and says so
-    /// in the log now and then.
+    /// in the log from the first event dropped, then each time the count doubles.
     fn publish(&self, event: Outgoing) {
         if !self.is_up() {
             return;
         }
         if !self.outgoing.push(event) {
-            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed);
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
+                let events = if dropped == 1 { "event" } else { "events" };
                 tracing::warn!(
-                    "Redis is not keeping up: {} events dropped, heard on this node only",
-                    dropped + 1
+                    "Redis is not keeping up: {dropped} {events} dropped so far, heard on this \
+                     node only"
                 );
             }
         }
