@@ -912,6 +912,37 @@ fn a_nickname_refused_while_redis_slept_is_free_once_it_wakes() {
     bob.expect_line("* bob is now alicia");
 }
 
+#[test]
+#[ignore = "needs redis-server: apt-get install redis-server"]
+fn sigterm_while_redis_sleeps_says_goodbye_and_exits_0_within_2_seconds() {
+    /// SPEC 2: what a shutdown may take.
+    const SHUTDOWN: Duration = Duration::from_secs(2);
+    let redis = Redis::start_debuggable();
+    let mut a = node(&redis, "a");
+    let mut alice = join_as(&a, "alice");
+    let mut amy = join_as(&a, "amy");
+    alice.expect_line_containing("is now amy");
+    let asleep = redis.sleep(REDIS_SLEEP);
+    // Alice waits for a claim Redis will not answer; amy's line is waiting to be published.
+    alice.send_line("/nick alicia");
+    amy.send_line("bye");
+    alice.expect_line_containing("amy says: bye");
+    let asked = Instant::now();
+    let status = a.terminate();
+    let took = asked.elapsed();
+    assert!(status.success(), "exit status {status}");
+    assert!(took < SHUTDOWN, "took {took:?} to exit");
+    for client in [&mut alice, &mut amy] {
+        let last = client.read_to_close();
+        assert_eq!(
+            last.last().map(String::as_str),
+            Some("* server shutting down"),
+            "{last:?}"
+        );
+    }
+    assert!(asleep.is_asleep(), "all of this while Redis slept");
+}
+
 impl Redis {
     /// A Redis that takes `DEBUG` commands from this machine: 7.0 refuses them unless told.
     fn start_debuggable() -> Redis {

@@ -57,7 +57,11 @@
 //!   `* server cluster link down: only users on this node hear you`, and `* server cluster
 //!   link up` when it is back. A Redis that turns the node away (a wrong password, a TLS
 //!   certificate the node does not trust) is unreachable too, not a crash: the log says why,
-//!   once while the reason stays the same, and never shows the password.
+//!   once while the reason stays the same, and never shows the password. A Redis that is
+//!   slow, not gone, is the same fault: no command waits for it longer than a bound (a
+//!   `/nick` is refused, `/list` shows this node's members), a link whose heartbeat goes
+//!   unanswered counts as down, and a node told to stop meanwhile still stops within the two
+//!   seconds, its goodbye to the cluster cut short.
 //! - **The link can cross a network you do not trust.** A password in the URL
 //!   (`redis://:PASSWORD@HOST:PORT`) keeps out whoever does not have it, and `rediss://`
 //!   speaks TLS to Redis (rustls, like v4's TLS listener): the node checks Redis's certificate
@@ -270,12 +274,16 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     tokio::spawn(link::keep_linked(Arc::clone(&cluster), client));
     tokio::spawn(link::deliver(Arc::clone(&cluster), last_seen));
     startup::log_listening("v5-cluster", &bound.plain)?;
+    // When the signal came: leaving the cluster fits in what is left of the shutdown's time.
+    let asked_to_stop = std::sync::OnceLock::new();
     let shutdown = async {
         let signal = signals.first().await;
+        let _ = asked_to_stop.set(tokio::time::Instant::now());
         tracing::info!("{signal}: shutting down");
     };
     let config = cli.room.config(Some(Arc::clone(&cluster) as _));
     v4_async::run(bound.into_listeners()?, &config, shutdown).await;
-    link::leave(&cluster).await;
+    let asked = asked_to_stop.get().copied();
+    link::leave(&cluster, asked.unwrap_or_else(tokio::time::Instant::now)).await;
     Ok(())
 }
