@@ -474,3 +474,20 @@ impl Bridge for Cluster {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_in_doubt_is_given_back_unless_a_member_here_holds_the_name_now() {
+        let cluster = Cluster::new("a".to_owned(), 20);
+        cluster.doubt("alicia");
+        cluster.doubt("Bob");
+        cluster.joined("bob", None);
+        assert_eq!(cluster.doubts_to_release(), ["alicia"]);
+        assert!(cluster.doubts_to_release().is_empty(), "handed out once");
+        cluster.doubt_again(vec!["alicia".to_owned()]);
+        assert_eq!(cluster.doubts_to_release(), ["alicia"], "until given back");
+    }
+}
