@@ -503,9 +503,11 @@ fn a_node_cut_off_catches_up_from_the_stream_once_each() {
     let b_url = format!("redis://b:secret@127.0.0.1:{}", redis.port);
     let b = Server::V5Cluster.start(&["--redis", &b_url, "--node", "b", "--rate", "0"]);
     b.expect_log("cluster link up");
-    let mut alice = join_as(&a, "alice");
+    // Bob first, so that alice's join and rename certainly reach him, and are read, before
+    // the cut: the next thing he reads must be the link-down notice.
     let mut bob = join_as(&b, "bob");
-    alice.expect_line_containing("is now bob");
+    let mut alice = join_as(&a, "alice");
+    bob.expect_line_containing("is now alice");
     redis.command(&["ACL", "SETUSER", "b", "off"]);
     redis.command(&["CLIENT", "KILL", "USER", "b"]);
     bob.expect_line("* server cluster link down: only users on this node hear you");
