@@ -12,7 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use chat_protocol::message::{CLUSTER_LINK_DOWN, CLUSTER_LINK_UP, CLUSTER_NICK_UNAVAILABLE};
+use chat_protocol::message::{
+    no_such_user_here, CLUSTER_LINK_DOWN, CLUSTER_LINK_UP, CLUSTER_NICK_UNAVAILABLE,
+};
 use sock_chat_tests::tls::{TempDir, TestCa};
 use sock_chat_tests::{failed_start, Client, Running, Server, DEADLINE};
 
@@ -302,6 +304,33 @@ fn pm_reaches_a_user_on_another_node() {
     nameless.expect_line_containing("alice (private): hello there");
     bob.send_line("/pm nobody hello?");
     bob.expect_line_containing("* error: no such user nobody");
+}
+
+#[test]
+#[ignore = "needs redis-server: apt-get install redis-server"]
+fn pm_to_another_node_while_the_link_is_down_says_the_link_is_down() {
+    let mut redis = Redis::start();
+    let a = node(&redis, "a");
+    let b = node(&redis, "b");
+    let mut bob = join_as(&b, "bob");
+    let mut alice = join_as(&a, "alice");
+    bob.expect_line_containing("is now alice");
+    redis.kill();
+    // Skipping bob's join and rename, which may reach node a after alice joined.
+    alice.expect_line_containing(CLUSTER_LINK_DOWN);
+    alice.send_line("/pm bob are you there?");
+    // Bob may well be on another node: "no such user" alone would not be true.
+    alice.expect_line(&no_such_user_here("bob"));
+    bob.expect_line(CLUSTER_LINK_DOWN);
+    redis.launch();
+    alice.expect_line(CLUSTER_LINK_UP);
+    bob.expect_line(CLUSTER_LINK_UP);
+    // The restarted Redis is empty until each node has said again who is on it.
+    eventually(Duration::from_secs(10), "bob listed on node a", || {
+        alice.online().contains(&"bob".to_owned())
+    });
+    alice.send_line("/pm bob there you are");
+    bob.expect_line_containing("alice (private): there you are");
 }
 
 #[test]

@@ -67,6 +67,7 @@ pub trait Bridge: Send + Sync + fmt::Debug {
     /// list is the answer).
     fn list(&self) -> Answer<'_, Option<Vec<String>>>;
 
-    /// Sends the private `line` to the member called `to` elsewhere; false if there is none.
-    fn send_private<'a>(&'a self, to: &'a str, line: &'a str) -> Answer<'a, bool>;
+    /// Sends the private `line` to the member called `to` elsewhere, or says why not (the
+    /// notice for the sender).
+    fn send_private<'a>(&'a self, to: &'a str, line: &'a str) -> Answer<'a, Result<(), String>>;
 }

@@ -404,8 +404,8 @@ impl Session {
                     self.reply_lines(&everyone);
                 }
                 Question::Pm { to, line } => {
-                    if !bridge.send_private(&to, &line).await {
-                        self.reply(&message::no_such_user(&to));
+                    if let Err(notice) = bridge.send_private(&to, &line).await {
+                        self.reply(&notice);
                     }
                 }
             }

@@ -451,10 +451,10 @@ impl Bridge for Cluster {
         })
     }
 
-    fn send_private<'a>(&'a self, to: &'a str, line: &'a str) -> Answer<'a, bool> {
+    fn send_private<'a>(&'a self, to: &'a str, line: &'a str) -> Answer<'a, Result<(), String>> {
         Box::pin(async move {
             let Some(mut connection) = self.connection() else {
-                return false;
+                return Err(message::no_such_user_here(to));
             };
             let mut invocation = keys::FIND.key(keys::nick(to));
             invocation
@@ -463,14 +463,17 @@ impl Bridge for Cluster {
                 .arg(&self.node)
                 .arg(u8::from(command::check_nick(to).is_ok()));
             let found = invocation.invoke_async::<i64>(&mut connection);
-            if !matches!(tokio::time::timeout(REDIS_TIMEOUT, found).await, Ok(Ok(1))) {
-                return false;
+            match tokio::time::timeout(REDIS_TIMEOUT, found).await {
+                Ok(Ok(1)) => {}
+                Ok(Ok(_)) => return Err(message::no_such_user(to)),
+                // Redis did not answer in time: whether the name is elsewhere is unknown.
+                Ok(Err(_)) | Err(_) => return Err(message::no_such_user_here(to)),
             }
             self.publish(Outgoing::Private {
                 to: to.to_owned(),
                 line: line.to_owned(),
             });
-            true
+            Ok(())
         })
     }
 }

@@ -172,6 +172,14 @@ pub fn no_such_user(name: &str) -> String {
     format!("* error: no such user {name}")
 }
 
+/// v5-cluster: `/pm` to a name nobody on this node has, while the link to the other nodes is
+/// down or too slow to ask: the name may well be elsewhere, so "no such user" alone would lie.
+pub fn no_such_user_here(name: &str) -> String {
+    format!(
+        "* error: no such user {name} on this node, and the cluster link is down: try again soon"
+    )
+}
+
 /// `* error: nickname alice is taken`: someone has it, in some case.
 pub fn nick_taken(name: &str) -> String {
     format!("* error: nickname {name} is taken")
@@ -314,6 +322,7 @@ mod tests {
             "* error: unknown command /dance (try /help)"
         );
         assert_eq!(no_such_user("bob"), "* error: no such user bob");
+        assert!(no_such_user_here("bob").starts_with(&no_such_user("bob")));
         assert_eq!(SLOW_DOWN, "* error: slow down");
         assert!(bad_nick("a.b", BadNick::BadCharacter('.')).starts_with("* error: "));
         assert!(HELP.iter().all(|line| line.starts_with("* ")));
