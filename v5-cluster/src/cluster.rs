@@ -414,12 +414,10 @@ impl Bridge for Cluster {
             match tokio::time::timeout(REDIS_TIMEOUT, claim).await {
                 Ok(Ok(0)) => Err(message::nick_taken(name)),
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err(error)) => {
-                    tracing::warn!("claiming {name}: {error}");
-                    self.doubt(name);
-                    Err(message::CLUSTER_NICK_UNAVAILABLE.to_owned())
-                }
-                Err(_) => {
+                failed => {
+                    if let Ok(Err(error)) = failed {
+                        tracing::warn!("claiming {name}: {error}");
+                    }
                     self.doubt(name);
                     Err(message::CLUSTER_NICK_UNAVAILABLE.to_owned())
                 }

@@ -227,12 +227,7 @@ fn add_to(pipe: &mut Pipeline, cluster: &Cluster, event: Outgoing) {
     let release = |pipe: &mut Pipeline, name: &str| {
         // Default names (`addr@node`) were never claimed.
         if chat_protocol::command::check_nick(name).is_ok() {
-            pipe.cmd("EVALSHA")
-                .arg(keys::RELEASE.get_hash())
-                .arg(1)
-                .arg(keys::nick(name))
-                .arg(node)
-                .ignore();
+            release_claim(pipe, name, node);
         }
     };
     match event {
@@ -394,21 +389,26 @@ async fn release_doubts(
     }
     let mut pipe = redis::pipe();
     for name in &doubts {
-        pipe.cmd("EVALSHA")
-            .arg(keys::RELEASE.get_hash())
-            .arg(1)
-            .arg(keys::nick(name))
-            .arg(&cluster.node)
-            .ignore();
+        release_claim(&mut pipe, name, &cluster.node);
     }
-    let released = tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<()>(connection)).await;
-    let failed = match released {
-        Ok(Ok(())) => return Ok(()),
-        Ok(Err(error)) => error,
-        Err(_) => timeout_error(),
-    };
-    cluster.doubt_again(doubts);
-    Err(failed)
+    let released = tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<()>(connection))
+        .await
+        .unwrap_or_else(|_| Err(timeout_error()));
+    if released.is_err() {
+        cluster.doubt_again(doubts);
+    }
+    released
+}
+
+/// Adds to `pipe` the giving back of `node`'s claim on `name`: a compare-and-delete
+/// ([`keys::RELEASE`]), so a name another node holds by now is left alone.
+fn release_claim(pipe: &mut Pipeline, name: &str, node: &str) {
+    pipe.cmd("EVALSHA")
+        .arg(keys::RELEASE.get_hash())
+        .arg(1)
+        .arg(keys::nick(name))
+        .arg(node)
+        .ignore();
 }
 
 fn timeout_error() -> redis::RedisError {
