@@ -120,7 +120,7 @@ fn node(redis: &Redis, name: &str) -> Running {
 
 /// A node named `name` on `redis`, as soon as it listens.
 fn node_unlinked(redis: &Redis, name: &str) -> Running {
-    Server::V5Cluster.start(&["--redis", &redis.url(), "--node", name, "--rate", "0"])
+    node_at(&redis.url(), name, &[])
 }
 
 /// A client of `node` that has read its welcome (and so is in the room), and its name.
@@ -465,13 +465,9 @@ impl Redis {
     /// Runs one command on this Redis (as its default user) and returns its reply's first line.
     fn command(&self, args: &[&str]) -> String {
         use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("redis");
+        let mut stream = self.connect();
         stream.set_read_timeout(Some(DEADLINE)).unwrap();
-        let mut request = format!("*{}\r\n", args.len());
-        for arg in args {
-            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-        }
-        stream.write_all(request.as_bytes()).expect("send to redis");
+        stream.write_all(&resp(args)).expect("send to redis");
         let mut reply = Vec::new();
         let mut byte = [0u8; 1];
         while !reply.ends_with(b"\r\n") {
