@@ -683,6 +683,21 @@ fn a_wrong_redis_password_leaves_the_node_on_its_own_and_is_never_logged() {
     );
 }
 
+/// Needs no redis-server: the name is the node's own, linked or not.
+#[test]
+fn a_node_is_named_after_its_host_and_port_by_default() {
+    let nobody = format!("redis://127.0.0.1:{}", free_port());
+    let node = Server::V5Cluster.start(&["--redis", &nobody]);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("the host name");
+    let (_, name) = join(&node);
+    // SPEC 11: a member without a nickname is unique across the cluster, as ADDRESS@NODE.
+    let expected = format!("@{}:{}", host.trim(), node.addr.port());
+    assert!(
+        name.ends_with(&expected),
+        "{name} should end with {expected}"
+    );
+}
+
 /// Needs no redis-server: each of these fails before the node reaches for Redis.
 #[test]
 fn redis_tls_settings_that_cannot_work_are_start_up_errors() {
